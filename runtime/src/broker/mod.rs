@@ -1,0 +1,197 @@
+//! Brokers move bytes: they declare topology, publish with confirmation and
+//! deliver messages for acknowledgement. They know nothing of events, schemas
+//! or handlers.
+
+pub mod embedded;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
+
+/// Message headers, as AMQP 0-9-1 field tables carry them.
+pub type Headers = BTreeMap<String, HeaderValue>;
+
+/// The header value types switchyard writes and reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderValue {
+    String(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl HeaderValue {
+    /// Returns the value as text, rendering integers and booleans.
+    pub fn to_text(&self) -> String {
+        match self {
+            HeaderValue::String(s) => s.clone(),
+            HeaderValue::Int(i) => i.to_string(),
+            HeaderValue::Bool(b) => b.to_string(),
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            HeaderValue::Int(i) => Some(*i),
+            HeaderValue::String(s) => s.parse().ok(),
+            HeaderValue::Bool(_) => None,
+        }
+    }
+}
+
+impl From<&str> for HeaderValue {
+    fn from(value: &str) -> Self {
+        HeaderValue::String(value.to_owned())
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(value: String) -> Self {
+        HeaderValue::String(value)
+    }
+}
+
+impl From<i64> for HeaderValue {
+    fn from(value: i64) -> Self {
+        HeaderValue::Int(value)
+    }
+}
+
+/// A message as published and as delivered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    pub routing_key: String,
+    pub headers: Headers,
+    pub content_type: Option<String>,
+    pub message_id: Option<String>,
+    /// Per-message time to live; an expired message is dead-lettered by its
+    /// queue, which is how retry queues delay a redelivery.
+    pub expiration: Option<Duration>,
+    pub body: Bytes,
+}
+
+/// One message delivered to a consumer, to be acknowledged exactly once.
+///
+/// A delivery dropped without `ack` or `reject` stays unacknowledged until its
+/// consumer closes, and is then redelivered.
+pub struct Delivery {
+    /// The exchange the message was published to; empty for the default exchange.
+    pub exchange: String,
+    pub message: Message,
+    /// Whether the broker delivered this message before.
+    pub redelivered: bool,
+    pub acker: Box<dyn Acker>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("exchange", &self.exchange)
+            .field("message", &self.message)
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    pub async fn ack(self) -> Result<(), BrokerError> {
+        self.acker.ack().await
+    }
+
+    /// Rejects the message; with `requeue` false the queue dead-letters it
+    /// (or drops it when the queue has no dead-letter exchange).
+    pub async fn reject(self, requeue: bool) -> Result<(), BrokerError> {
+        self.acker.reject(requeue).await
+    }
+}
+
+/// Settles one delivery with the broker that sent it.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
+    async fn reject(self: Box<Self>, requeue: bool) -> Result<(), BrokerError>;
+}
+
+/// The deliveries of one consumer. The stream ends when the broker cancels
+/// the consumer (for example because its queue was deleted) or the
+/// connection is lost; the caller then subscribes again.
+pub type Deliveries = Pin<Box<dyn Stream<Item = Result<Delivery, BrokerError>> + Send>>;
+
+/// A message broker with AMQP 0-9-1 semantics.
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// Declares an exchange. An existing exchange with other properties is a
+    /// `BrokerError::Conflict` naming both values.
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError>;
+
+    /// Declares a queue. An existing queue with other arguments is a
+    /// `BrokerError::Conflict` naming both values.
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError>;
+
+    async fn bind_queue(&self, spec: &BindingSpec) -> Result<(), BrokerError>;
+
+    /// Publishes one message and returns once the broker confirmed it.
+    /// The empty exchange name is the default exchange, which routes to the
+    /// queue named by the routing key.
+    async fn publish(&self, exchange: &str, message: Message) -> Result<(), BrokerError>;
+
+    /// Starts a consumer on `queue` with at most `prefetch` unacknowledged
+    /// deliveries.
+    async fn consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        prefetch: u16,
+    ) -> Result<Deliveries, BrokerError>;
+
+    /// Returns the number of ready messages in `queue`.
+    async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError>;
+
+    /// Reports whether the broker is connected now.
+    fn is_connected(&self) -> bool;
+}
+
+/// A failed broker operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to broker `{broker}`: {reason}")]
+    Unreachable { broker: String, reason: String },
+
+    #[error("{0}")]
+    Conflict(String),
+
+    #[error("{kind} `{name}` not found")]
+    NotFound { kind: &'static str, name: String },
+
+    #[error("publish to exchange `{exchange}` was not confirmed: {reason}")]
+    NotConfirmed { exchange: String, reason: String },
+
+    #[error("publish to exchange `{exchange}` was not confirmed within {timeout:?}")]
+    ConfirmTimeout { exchange: String, timeout: Duration },
+
+    #[error("broker connection closed: {0}")]
+    Closed(String),
+
+    #[error("broker protocol error: {0}")]
+    Protocol(String),
+}
+
+impl BrokerError {
+    /// Reports whether retrying the operation later can succeed without
+    /// anyone changing the topology or the manifest.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Unreachable { .. }
+                | BrokerError::NotConfirmed { .. }
+                | BrokerError::ConfirmTimeout { .. }
+                | BrokerError::Closed(_)
+        )
+    }
+}

@@ -1,0 +1,4 @@
+//! switchyard: a declarative event runtime.
+
+pub mod broker;
+pub mod topology;
