@@ -1,7 +1,11 @@
 //! The desired state of a broker: exchanges, queues and bindings derived from
 //! the manifest, and their provisioning.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use crate::broker::{Broker, BrokerError};
+use crate::manifest::{ExchangeType, Manifest, QueueType};
 
 /// The exchange types of AMQP 0-9-1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,4 +73,180 @@ pub struct BindingSpec {
     pub queue: String,
     /// A routing key, or for topic exchanges a pattern with `*` and `#`.
     pub routing_key: String,
+}
+
+/// Name of the exchange and queue that keep what no binding routes.
+pub const UNROUTABLE: &str = "unroutable";
+
+/// Returns the name of the queue where a consumer's failed messages wait
+/// for their retry delay.
+pub fn retry_queue_name(queue: &str) -> String {
+    format!("{queue}.retry")
+}
+
+/// Everything one broker should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BrokerTopology {
+    pub exchanges: Vec<ExchangeSpec>,
+    pub queues: Vec<QueueSpec>,
+    pub bindings: Vec<BindingSpec>,
+}
+
+/// Derives the desired state of every broker from the manifest: its
+/// exchanges, queues and bindings, plus the `unroutable` exchange and queue
+/// that every exchange uses as its alternate, and one retry queue per
+/// consumed queue.
+pub fn desired(manifest: &Manifest) -> BTreeMap<String, BrokerTopology> {
+    let mut brokers: BTreeMap<String, BrokerTopology> = manifest
+        .brokers
+        .keys()
+        .map(|name| (name.clone(), BrokerTopology::default()))
+        .collect();
+
+    for (name, entry) in &manifest.exchanges {
+        let def = &entry.def;
+        let Some(topology) = brokers.get_mut(def.broker.get_ref()) else {
+            continue;
+        };
+        let alternate = match &def.alternate_exchange {
+            Some(alternate) => Some(alternate.get_ref().clone()),
+            None if name == UNROUTABLE => None,
+            None => Some(UNROUTABLE.to_owned()),
+        };
+        topology.exchanges.push(ExchangeSpec {
+            name: name.clone(),
+            kind: exchange_kind(def.kind),
+            durable: def.durable,
+            alternate_exchange: alternate,
+        });
+    }
+
+    for (name, entry) in &manifest.queues {
+        let def = &entry.def;
+        let Some(topology) = brokers.get_mut(def.broker.get_ref()) else {
+            continue;
+        };
+        topology.queues.push(QueueSpec {
+            name: name.clone(),
+            kind: queue_kind(def.kind),
+            durable: def.durable,
+            dead_letter_exchange: def.dead_letter.as_ref().map(|d| d.exchange.get_ref().clone()),
+            dead_letter_routing_key: def.dead_letter.as_ref().and_then(|d| d.routing_key.clone()),
+            message_ttl: def.message_ttl.map(|ttl| ttl.0),
+        });
+        for binding in &def.bind {
+            topology.bindings.push(BindingSpec {
+                exchange: binding.exchange.get_ref().clone(),
+                queue: name.clone(),
+                routing_key: binding.key.get_ref().clone(),
+            });
+        }
+    }
+
+    add_unroutable(&mut brokers, manifest);
+    add_retry_queues(&mut brokers, manifest);
+    brokers
+}
+
+fn add_unroutable(brokers: &mut BTreeMap<String, BrokerTopology>, manifest: &Manifest) {
+    for topology in brokers.values_mut() {
+        let uses_unroutable = topology
+            .exchanges
+            .iter()
+            .any(|e| e.alternate_exchange.as_deref() == Some(UNROUTABLE));
+        if !uses_unroutable {
+            continue;
+        }
+        if !manifest.exchanges.contains_key(UNROUTABLE) {
+            topology.exchanges.push(ExchangeSpec {
+                name: UNROUTABLE.to_owned(),
+                kind: ExchangeKind::Fanout,
+                durable: true,
+                alternate_exchange: None,
+            });
+        }
+        if !manifest.queues.contains_key(UNROUTABLE) {
+            topology.queues.push(QueueSpec {
+                name: UNROUTABLE.to_owned(),
+                kind: QueueKind::Classic,
+                durable: true,
+                dead_letter_exchange: None,
+                dead_letter_routing_key: None,
+                message_ttl: None,
+            });
+            topology.bindings.push(BindingSpec {
+                exchange: UNROUTABLE.to_owned(),
+                queue: UNROUTABLE.to_owned(),
+                routing_key: String::new(),
+            });
+        }
+    }
+}
+
+fn add_retry_queues(brokers: &mut BTreeMap<String, BrokerTopology>, manifest: &Manifest) {
+    for entry in manifest.consumers.values() {
+        let queue = entry.def.queue.get_ref();
+        let Some(broker) = manifest.queue_broker(queue) else {
+            continue;
+        };
+        let Some(topology) = brokers.get_mut(broker) else {
+            continue;
+        };
+        let name = retry_queue_name(queue);
+        if topology.queues.iter().any(|q| q.name == name) {
+            continue;
+        }
+        // Expired messages return to the work queue through the default
+        // exchange, which routes by queue name.
+        topology.queues.push(QueueSpec {
+            name,
+            kind: QueueKind::Classic,
+            durable: true,
+            dead_letter_exchange: Some(String::new()),
+            dead_letter_routing_key: Some(queue.clone()),
+            message_ttl: None,
+        });
+    }
+}
+
+fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
+    match kind {
+        ExchangeType::Direct => ExchangeKind::Direct,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Headers => ExchangeKind::Headers,
+    }
+}
+
+fn queue_kind(kind: QueueType) -> QueueKind {
+    match kind {
+        QueueType::Classic => QueueKind::Classic,
+        QueueType::Quorum => QueueKind::Quorum,
+        QueueType::Stream => QueueKind::Stream,
+    }
+}
+
+/// Declares a broker's desired state: exchanges, then queues, then bindings.
+/// Keeps going after a conflict so that all of them are reported at once.
+pub async fn provision(broker: &dyn Broker, topology: &BrokerTopology) -> Result<(), Vec<BrokerError>> {
+    let mut errors = Vec::new();
+    for exchange in &topology.exchanges {
+        if let Err(err) = broker.declare_exchange(exchange).await {
+            errors.push(err);
+        }
+    }
+    for queue in &topology.queues {
+        if let Err(err) = broker.declare_queue(queue).await {
+            errors.push(err);
+        }
+    }
+    if errors.iter().any(|err| err.is_transient()) {
+        return Err(errors);
+    }
+    for binding in &topology.bindings {
+        if let Err(err) = broker.bind_queue(binding).await {
+            errors.push(err);
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }

@@ -195,3 +195,68 @@ impl BrokerError {
         )
     }
 }
+
+/// A broker whose connection is still being established. Operations fail
+/// with `BrokerError::Unreachable` until `set` supplies the connected broker,
+/// so producers answer 503 instead of waiting while the broker is down.
+pub struct Deferred {
+    name: String,
+    inner: std::sync::OnceLock<std::sync::Arc<dyn Broker>>,
+}
+
+impl Deferred {
+    pub fn new(name: &str) -> Self {
+        Deferred {
+            name: name.to_owned(),
+            inner: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Supplies the connected broker; later calls are ignored.
+    pub fn set(&self, broker: std::sync::Arc<dyn Broker>) {
+        let _ = self.inner.set(broker);
+    }
+
+    fn get(&self) -> Result<&std::sync::Arc<dyn Broker>, BrokerError> {
+        self.inner.get().ok_or_else(|| BrokerError::Unreachable {
+            broker: self.name.clone(),
+            reason: "not connected yet".to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl Broker for Deferred {
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+        self.get()?.declare_exchange(spec).await
+    }
+
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        self.get()?.declare_queue(spec).await
+    }
+
+    async fn bind_queue(&self, spec: &BindingSpec) -> Result<(), BrokerError> {
+        self.get()?.bind_queue(spec).await
+    }
+
+    async fn publish(&self, exchange: &str, message: Message) -> Result<(), BrokerError> {
+        self.get()?.publish(exchange, message).await
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        prefetch: u16,
+    ) -> Result<Deliveries, BrokerError> {
+        self.get()?.consume(queue, consumer_tag, prefetch).await
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        self.get()?.queue_depth(queue).await
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.get().is_some_and(|broker| broker.is_connected())
+    }
+}

@@ -1,0 +1,182 @@
+//! The command line: argument parsing and the commands that are not the
+//! long-running `up`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::handler::HandlerHost;
+use crate::manifest::{self, ManifestFile, Problem, Purpose, Severity};
+use crate::schema::Schemas;
+use crate::system::{self, UpOptions};
+use crate::telemetry::{self, LogFormat};
+
+/// Declarative event runtime: provisions RabbitMQ topology from TOML
+/// manifests, validates events against JSON Schemas and runs WebAssembly
+/// handlers.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Provision the topology and run producers and consumers until SIGINT or SIGTERM.
+    Up(UpArgs),
+    /// Validate manifests, schemas and handlers without connecting to any broker.
+    Check(CheckArgs),
+    /// Print the manifest's JSON Schema (draft-07, for editors).
+    Schema,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Manifest files; several form one topology.
+    #[arg(required = true)]
+    manifests: Vec<PathBuf>,
+    /// Run every broker in this process instead of connecting to real ones.
+    #[arg(long)]
+    embedded: bool,
+    /// HTTP address for producers, probes and metrics [default: the
+    /// manifest's `runtime.listen`, else 127.0.0.1:3000].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Manifest files; several form one topology.
+    #[arg(required = true)]
+    manifests: Vec<PathBuf>,
+    /// `text` writes problems to stderr with source lines; `json` writes
+    /// `{"problems": [...]}` to stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    format: OutputFormat,
+    /// Exit 1 when there are warnings, not only errors.
+    #[arg(long)]
+    deny_warnings: bool,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up(args),
+        Command::Check(args) => check(args),
+        Command::Schema => {
+            print!("{}", manifest_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init_logging(args.log_format);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(system::up(UpOptions {
+        manifests: args.manifests,
+        embedded: args.embedded,
+        listen: args.listen,
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let loaded = manifest::load(&args.manifests, Purpose::Check, &|name| std::env::var(name).ok());
+    let mut problems = loaded.problems;
+    let manifest = loaded.manifest;
+
+    let (_, schema_problems) = Schemas::compile(&manifest);
+    problems.extend(schema_problems);
+
+    let host = HandlerHost::new().map_err(|err| anyhow::anyhow!("{err}"))?;
+    for (name, entry) in &manifest.consumers {
+        let Some(path) = manifest.handler_path(name) else {
+            continue;
+        };
+        if !path.exists() {
+            continue;
+        }
+        if let Err(reason) = host.load_file(&path) {
+            problems.push(
+                Problem::error(
+                    "handler-invalid",
+                    format!("handler `{}` of consumer `{name}` is not usable: {reason}", path.display()),
+                )
+                .at(entry.file, entry.def.handler.span())
+                .hint("build it as a component of the world in handlers/wit"),
+            );
+        }
+    }
+
+    let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+    let warnings = problems.len() - errors;
+    match args.format {
+        OutputFormat::Json => {
+            let records: Vec<_> = problems.iter().map(|p| manifest::record(p, &manifest.files)).collect();
+            println!("{}", serde_json::json!({ "problems": records }));
+        }
+        OutputFormat::Text => {
+            eprint!("{}", manifest::render(&problems, &manifest.files));
+            eprintln!("{errors} error(s), {warnings} warning(s)");
+        }
+    }
+    let failed = errors > 0 || (args.deny_warnings && warnings > 0);
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Returns the manifest's JSON Schema as draft-07, which editors' TOML
+/// tooling reads.
+pub fn manifest_schema() -> String {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let schema = generator.into_root_schema_for::<ManifestFile>();
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `schemas/manifest.schema.json` is what editors read; it must be
+    /// exactly what `switchyard schema` prints. Refresh it with
+    /// `cargo run -p switchyard -- schema > schemas/manifest.schema.json`.
+    #[test]
+    fn committed_manifest_schema_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../schemas/manifest.schema.json");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == manifest_schema(),
+            "{} is out of date; run `cargo run -p switchyard -- schema > schemas/manifest.schema.json`",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn manifest_schema_is_draft_07() {
+        let schema: serde_json::Value = serde_json::from_str(&manifest_schema()).unwrap();
+        assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+        assert!(schema["properties"]["consumers"].is_object());
+    }
+}

@@ -1,0 +1,300 @@
+//! The WebAssembly handler host: one `Engine` and `Linker`, an `InstancePre`
+//! per handler component, a fresh `Store` per call with a deadline and a
+//! memory cap.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::event::Event;
+use crate::schema::Schemas;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../handlers/wit",
+        world: "handler",
+        exports: { default: async },
+    });
+}
+
+use bindings::switchyard::handler::{host, types};
+
+/// How often the epoch advances; deadlines are checked at this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why a handler call did not succeed. The guest's own `retry` and `reject`,
+/// a trap or deadline, and a failure on the host side are kept apart because
+/// dispatch treats them differently.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("handler asked to retry: {0}")]
+    Retry(String),
+    #[error("handler rejected the event: {0}")]
+    Reject(String),
+    #[error("handler trapped: {0}")]
+    Trap(String),
+    #[error("handler exceeded its deadline of {0:?}")]
+    Deadline(Duration),
+    #[error("host failed to run the handler: {0}")]
+    Host(String),
+}
+
+/// Per-call limits of a consumer's handler.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory: u64,
+}
+
+/// What a handler call may read: its consumer's name and config, and the
+/// schemas its emitted events must pass.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    pub consumer: Arc<str>,
+    pub config: Arc<BTreeMap<String, String>>,
+    pub schemas: Schemas,
+    pub limits: Limits,
+}
+
+/// An event a handler emitted: its type and validated data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Emitted {
+    pub event_type: String,
+    pub data: Value,
+}
+
+/// A compiled handler component, checked against the handler world.
+#[derive(Clone)]
+pub struct LoadedHandler {
+    /// File name such as `email.wasm`.
+    pub name: String,
+    /// SHA-256 of the component bytes, in hex.
+    pub digest: String,
+    pre: bindings::HandlerPre<CallState>,
+}
+
+impl std::fmt::Debug for LoadedHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedHandler")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State of one store: WASI context, limits and what the call emitted.
+struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    context: CallContext,
+    event_id: String,
+    emitted: Vec<Emitted>,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for CallState {}
+
+impl host::Host for CallState {
+    fn log(&mut self, level: types::Level, message: String) {
+        let consumer = &*self.context.consumer;
+        let event_id = &self.event_id;
+        match level {
+            types::Level::Trace => tracing::trace!(consumer, event_id, "{message}"),
+            types::Level::Debug => tracing::debug!(consumer, event_id, "{message}"),
+            types::Level::Info => tracing::info!(consumer, event_id, "{message}"),
+            types::Level::Warn => tracing::warn!(consumer, event_id, "{message}"),
+            types::Level::Error => tracing::error!(consumer, event_id, "{message}"),
+        }
+    }
+
+    fn emit(&mut self, event_type: String, data: Vec<u8>) -> Result<(), String> {
+        let data: Value = serde_json::from_slice(&data)
+            .map_err(|err| format!("data of `{event_type}` is not valid JSON: {err}"))?;
+        self.context
+            .schemas
+            .validate(&event_type, &data)
+            .map_err(|check| check.to_string())?;
+        self.emitted.push(Emitted { event_type, data });
+        Ok(())
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.context.config.get(&key).cloned()
+    }
+}
+
+/// Compiles handler components and runs them. Cheap to clone.
+#[derive(Clone)]
+pub struct HandlerHost {
+    engine: Engine,
+    linker: Arc<Linker<CallState>>,
+}
+
+impl HandlerHost {
+    /// Creates the engine and linker, and starts the epoch ticker that
+    /// enforces deadlines.
+    pub fn new() -> Result<Self, CallError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(host_error)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(host_error)?;
+        bindings::Handler::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
+            .map_err(host_error)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("switchyard-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(host_error)?;
+
+        Ok(HandlerHost {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// Compiles a component and checks that it implements the handler world
+    /// with imports this host provides.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<LoadedHandler, String> {
+        if !wasmparser_is_component(bytes) {
+            return Err(describe_non_component(bytes));
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|err| format!("{err:#}"))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| format!("component does not match the handler world: {err:#}"))?;
+        let pre = bindings::HandlerPre::new(instance_pre)
+            .map_err(|err| format!("component does not match the handler world: {err:#}"))?;
+        Ok(LoadedHandler {
+            name: name.to_owned(),
+            digest: digest(bytes),
+            pre,
+        })
+    }
+
+    /// Reads and loads a component file.
+    pub fn load_file(&self, path: &Path) -> Result<LoadedHandler, String> {
+        let bytes = std::fs::read(path).map_err(|err| format!("cannot read: {err}"))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.load(&name, &bytes)
+    }
+
+    /// Calls `handle` once in a fresh store and returns what it emitted.
+    pub async fn call(
+        &self,
+        handler: &LoadedHandler,
+        context: &CallContext,
+        event: &Event,
+        attempt: u32,
+    ) -> Result<Vec<Emitted>, CallError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(context.limits.memory).unwrap_or(usize::MAX))
+            .trap_on_grow_failure(true)
+            .build();
+        let state = CallState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits,
+            context: context.clone(),
+            event_id: event.id.clone(),
+            emitted: Vec::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        // Yield to the async runtime at every epoch tick, so a guest that
+        // never returns still lets the timeout below fire and other events run.
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let input = to_wit_event(event, attempt);
+        let timeout = context.limits.timeout;
+        let run = async {
+            let instance = handler.pre.instantiate_async(&mut store).await?;
+            instance.call_handle(&mut store, &input).await
+        };
+        let result = match tokio::time::timeout(timeout, run).await {
+            Err(_) => return Err(CallError::Deadline(timeout)),
+            Ok(Err(trap)) => return Err(CallError::Trap(format!("{trap:#}"))),
+            Ok(Ok(result)) => result,
+        };
+        match result {
+            Ok(()) => Ok(std::mem::take(&mut store.data_mut().emitted)),
+            Err(types::HandlerError::Retry(reason)) => Err(CallError::Retry(reason)),
+            Err(types::HandlerError::Reject(reason)) => Err(CallError::Reject(reason)),
+        }
+    }
+}
+
+fn to_wit_event(event: &Event, attempt: u32) -> types::Event {
+    types::Event {
+        id: event.id.clone(),
+        type_: event.event_type.clone(),
+        source: event.source.clone(),
+        time: event.time.clone(),
+        subject: event.subject.clone(),
+        data_content_type: event.data_content_type.clone(),
+        data: serde_json::to_vec(&event.data).unwrap_or_default(),
+        extensions: event
+            .extensions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        attempt,
+    }
+}
+
+fn host_error(err: impl std::fmt::Display) -> CallError {
+    CallError::Host(err.to_string())
+}
+
+const WASM_MAGIC: &[u8] = b"\0asm";
+
+/// Reports whether bytes start with the header of a component (layer 1), as
+/// opposed to a core module (layer 0).
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[..4] == WASM_MAGIC && bytes[6..8] == [1, 0]
+}
+
+fn describe_non_component(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        "file is empty (a write may still be in progress)".to_owned()
+    } else if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
+        "file is not WebAssembly (no `\\0asm` header)".to_owned()
+    } else if bytes[6..8] == [0, 0] {
+        "file is a core WebAssembly module, not a component; turn it into one with `wasm-tools component new`".to_owned()
+    } else {
+        "file has an unknown WebAssembly layer".to_owned()
+    }
+}
+
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(bytes);
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,243 @@
+//! Cross-reference checks: every name a manifest refers to is defined, on
+//! the right broker, and every route is declared once.
+
+use std::collections::BTreeMap;
+
+use toml::Spanned;
+
+use super::{Entry, Manifest, Problem, Purpose, closest};
+
+/// Reports every reference to an undefined or misplaced entity.
+pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>) {
+    exchanges(manifest, problems);
+    queues(manifest, problems);
+    events(manifest, problems);
+    producers(manifest, problems);
+    consumers(manifest, purpose, problems);
+}
+
+/// Reports `name` when it is not a key of `defined`, with the closest key as a hint.
+fn require<T>(
+    problems: &mut Vec<Problem>,
+    file: usize,
+    name: &Spanned<String>,
+    kind: &str,
+    defined: &BTreeMap<String, Entry<T>>,
+) -> bool {
+    if defined.contains_key(name.get_ref()) {
+        return true;
+    }
+    let hint = match closest(name.get_ref(), defined.keys()) {
+        Some(candidate) => format!("did you mean `{candidate}`?"),
+        None if defined.is_empty() => format!("define a `[{kind}s.{}]` table", name.get_ref()),
+        None => format!(
+            "define `[{kind}s.{}]` or use one of: {}",
+            name.get_ref(),
+            defined.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    problems.push(
+        Problem::error(
+            undefined_code(kind),
+            format!("{kind} `{}` is not defined", name.get_ref()),
+        )
+        .at(file, name.span())
+        .hint(hint),
+    );
+    false
+}
+
+fn undefined_code(kind: &str) -> &'static str {
+    match kind {
+        "broker" => "undefined-broker",
+        "exchange" => "undefined-exchange",
+        "queue" => "undefined-queue",
+        "event" => "undefined-event",
+        _ => "undefined-reference",
+    }
+}
+
+/// Reports an exchange on another broker than the entity that uses it.
+fn same_broker(
+    manifest: &Manifest,
+    problems: &mut Vec<Problem>,
+    file: usize,
+    exchange: &Spanned<String>,
+    broker: &str,
+    user: &str,
+) {
+    if let Some(other) = manifest.exchange_broker(exchange.get_ref())
+        && other != broker
+    {
+        problems.push(
+            Problem::error(
+                "cross-broker-reference",
+                format!(
+                    "exchange `{}` is on broker `{other}` but {user} is on broker `{broker}`",
+                    exchange.get_ref()
+                ),
+            )
+            .at(file, exchange.span())
+            .hint("an AMQP binding or dead-letter target must be on the same broker"),
+        );
+    }
+}
+
+fn exchanges(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (name, entry) in &manifest.exchanges {
+        let def = &entry.def;
+        require(problems, entry.file, &def.broker, "broker", &manifest.brokers);
+        if let Some(alternate) = &def.alternate_exchange
+            && require(problems, entry.file, alternate, "exchange", &manifest.exchanges)
+        {
+            let user = format!("exchange `{name}`");
+            same_broker(manifest, problems, entry.file, alternate, def.broker.get_ref(), &user);
+        }
+    }
+}
+
+fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (name, entry) in &manifest.queues {
+        let def = &entry.def;
+        require(problems, entry.file, &def.broker, "broker", &manifest.brokers);
+        let user = format!("queue `{name}`");
+        for binding in &def.bind {
+            if require(problems, entry.file, &binding.exchange, "exchange", &manifest.exchanges) {
+                same_broker(
+                    manifest,
+                    problems,
+                    entry.file,
+                    &binding.exchange,
+                    def.broker.get_ref(),
+                    &user,
+                );
+            }
+        }
+        if let Some(dead_letter) = &def.dead_letter
+            && require(problems, entry.file, &dead_letter.exchange, "exchange", &manifest.exchanges)
+        {
+            same_broker(
+                manifest,
+                problems,
+                entry.file,
+                &dead_letter.exchange,
+                def.broker.get_ref(),
+                &user,
+            );
+        }
+    }
+}
+
+fn events(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for entry in manifest.events.values() {
+        for target in entry.def.publish.as_slice() {
+            require(problems, entry.file, &target.exchange, "exchange", &manifest.exchanges);
+        }
+    }
+}
+
+/// Parses a producer's `http` value such as `POST /orders`.
+pub fn parse_route(route: &str) -> Result<(String, String), String> {
+    let mut parts = route.split_whitespace();
+    let (Some(method), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!(
+            "invalid route `{route}`; write a method and a path, such as `POST /orders`"
+        ));
+    };
+    let method = method.to_ascii_uppercase();
+    if !matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+        return Err(format!(
+            "invalid method `{method}` in route `{route}`; a producer accepts a body, so use POST, PUT or PATCH"
+        ));
+    }
+    if !path.starts_with('/') {
+        return Err(format!("invalid path `{path}` in route `{route}`; a path starts with `/`"));
+    }
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return Err(format!("path `{path}` is reserved for the runtime's own endpoints"));
+    }
+    Ok((method, path.to_owned()))
+}
+
+fn producers(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    let mut routes: BTreeMap<(String, String), &str> = BTreeMap::new();
+    for (name, entry) in &manifest.producers {
+        let def = &entry.def;
+        require(problems, entry.file, &def.event, "event", &manifest.events);
+        match parse_route(def.http.get_ref()) {
+            Ok(route) => {
+                if let Some(first) = routes.insert(route.clone(), name) {
+                    problems.push(
+                        Problem::error(
+                            "duplicate-route",
+                            format!(
+                                "route `{} {}` is already served by producer `{first}`",
+                                route.0, route.1
+                            ),
+                        )
+                        .at(entry.file, def.http.span())
+                        .hint("give each producer its own method and path"),
+                    );
+                }
+            }
+            Err(message) => {
+                problems.push(
+                    Problem::error("invalid-route", message).at(entry.file, def.http.span()),
+                );
+            }
+        }
+    }
+}
+
+fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>) {
+    for (name, entry) in &manifest.consumers {
+        let def = &entry.def;
+        if require(problems, entry.file, &def.queue, "queue", &manifest.queues) {
+            let queue = &manifest.queues[def.queue.get_ref()];
+            if queue.def.dead_letter.is_none() {
+                problems.push(
+                    Problem::error(
+                        "missing-dead-letter",
+                        format!(
+                            "consumer `{name}` reads queue `{}`, which has no dead-letter exchange",
+                            def.queue.get_ref()
+                        ),
+                    )
+                    .at(entry.file, def.queue.span())
+                    .hint(format!(
+                        "add `dead_letter = {{ exchange = \"...\" }}` to `[queues.{}]` so failed events are kept",
+                        def.queue.get_ref()
+                    )),
+                );
+            }
+        }
+        if def.retry.max_attempts == 0 {
+            problems.push(
+                Problem::error(
+                    "invalid-value",
+                    format!("consumer `{name}` has `retry.max_attempts = 0`"),
+                )
+                .in_file(entry.file)
+                .hint("set at least 1: the number of handler calls for one event"),
+            );
+        }
+        if def.concurrency == 0 {
+            problems.push(
+                Problem::error("invalid-value", format!("consumer `{name}` has `concurrency = 0`"))
+                    .in_file(entry.file)
+                    .hint("set at least 1: the number of handler calls running at once"),
+            );
+        }
+        let path = manifest.handler_path(name).unwrap_or_default();
+        if purpose == Purpose::Check && !path.exists() {
+            problems.push(
+                Problem::error(
+                    "handler-not-found",
+                    format!("handler file `{}` does not exist", path.display()),
+                )
+                .at(entry.file, def.handler.span())
+                .hint("build the handler into that path, or correct `handler`"),
+            );
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The manifest: its model, loading with `${VAR}` interpolation, and the
+//! checks that tie its references together. Knows no broker connection.
+
+mod check;
+mod interpolate;
+mod model;
+mod problem;
+mod values;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use check::parse_route;
+pub use interpolate::{MissingVariable, expand};
+pub use model::*;
+pub use problem::{Problem, ProblemRecord, Severity, SourceFile, closest, record, render};
+pub use values::{ByteSize, HumanDuration};
+
+/// What the manifests are loaded for; decides how strict some checks are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `switchyard check`: a missing `${VAR}` is a warning (CI rarely holds
+    /// the secrets) and a missing handler file is an error.
+    Check,
+    /// `switchyard up` and the commands that connect: a missing `${VAR}` is
+    /// an error and a missing handler only holds back its consumer.
+    Run,
+}
+
+/// A definition together with the index of the file that holds it.
+#[derive(Debug)]
+pub struct Entry<T> {
+    pub file: usize,
+    pub def: T,
+}
+
+/// All manifests given together, merged into one topology.
+#[derive(Debug, Default)]
+pub struct Manifest {
+    pub files: Vec<SourceFile>,
+    pub name: String,
+    pub listen: Option<String>,
+    pub drain_timeout: Duration,
+    pub body_limit: u64,
+    pub cache_dir: Option<PathBuf>,
+    pub brokers: BTreeMap<String, Entry<BrokerDef>>,
+    pub exchanges: BTreeMap<String, Entry<ExchangeDef>>,
+    pub queues: BTreeMap<String, Entry<QueueDef>>,
+    pub events: BTreeMap<String, Entry<EventDef>>,
+    pub producers: BTreeMap<String, Entry<ProducerDef>>,
+    pub consumers: BTreeMap<String, Entry<ConsumerDef>>,
+    /// Expanded `url` of each broker, by broker name.
+    pub broker_urls: BTreeMap<String, String>,
+    schema_dirs: Vec<PathBuf>,
+    handler_dirs: Vec<PathBuf>,
+}
+
+/// The result of loading: the model (possibly partial) and every problem.
+#[derive(Debug)]
+pub struct Loaded {
+    pub manifest: Manifest,
+    pub problems: Vec<Problem>,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(Problem::is_error)
+    }
+
+    /// Renders every problem for a terminal.
+    pub fn render(&self) -> String {
+        render(&self.problems, &self.manifest.files)
+    }
+}
+
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
+
+impl Manifest {
+    /// Returns the path of an event's schema file.
+    pub fn schema_path(&self, event: &str) -> Option<PathBuf> {
+        let entry = self.events.get(event)?;
+        Some(self.schema_dirs[entry.file].join(entry.def.schema.get_ref()))
+    }
+
+    /// Returns the schema folder of the file that defines `event`.
+    pub fn schema_dir(&self, event: &str) -> Option<&Path> {
+        let entry = self.events.get(event)?;
+        Some(&self.schema_dirs[entry.file])
+    }
+
+    /// Returns the path of a consumer's handler component.
+    pub fn handler_path(&self, consumer: &str) -> Option<PathBuf> {
+        let entry = self.consumers.get(consumer)?;
+        Some(self.handler_dirs[entry.file].join(entry.def.handler.get_ref()))
+    }
+
+    /// Returns every folder that holds handlers, without repeats.
+    pub fn handler_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.handler_dirs.clone();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Returns the broker that holds a queue.
+    pub fn queue_broker(&self, queue: &str) -> Option<&str> {
+        self.queues.get(queue).map(|q| q.def.broker.get_ref().as_str())
+    }
+
+    /// Returns the broker that holds an exchange.
+    pub fn exchange_broker(&self, exchange: &str) -> Option<&str> {
+        self.exchanges
+            .get(exchange)
+            .map(|e| e.def.broker.get_ref().as_str())
+    }
+}
+
+/// Loads and checks manifest files. Reports every problem it can find; the
+/// model holds whatever parsed.
+pub fn load(
+    paths: &[PathBuf],
+    purpose: Purpose,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Loaded {
+    let mut manifest = Manifest {
+        drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        body_limit: DEFAULT_BODY_LIMIT,
+        ..Manifest::default()
+    };
+    let mut problems = Vec::new();
+    let mut runtime_origin: BTreeMap<&'static str, usize> = BTreeMap::new();
+
+    for path in paths {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) => {
+                problems.push(
+                    Problem::error(
+                        "manifest-unreadable",
+                        format!("cannot read manifest `{}`: {err}", path.display()),
+                    )
+                    .hint("check the path; manifests are TOML files such as `manifests/shop.toml`"),
+                );
+                continue;
+            }
+        };
+        let index = manifest.files.len();
+        manifest.files.push(SourceFile {
+            path: path.clone(),
+            text,
+        });
+        let file = &manifest.files[index];
+
+        let parsed: ManifestFile = match toml::from_str(&file.text) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                problems.push(parse_problem(index, &err));
+                manifest.schema_dirs.push(file.folder().join("../schemas"));
+                manifest.handler_dirs.push(file.folder().join("../handlers"));
+                continue;
+            }
+        };
+        merge(
+            &mut manifest,
+            index,
+            parsed,
+            &mut runtime_origin,
+            &mut problems,
+        );
+    }
+
+    if manifest.name.is_empty() {
+        manifest.name = "switchyard".to_owned();
+    }
+    expand_variables(&mut manifest, purpose, lookup, &mut problems);
+    check::references(&manifest, purpose, &mut problems);
+    Loaded { manifest, problems }
+}
+
+fn parse_problem(file: usize, err: &toml::de::Error) -> Problem {
+    let message = err.message().trim().to_owned();
+    let (code, hint) = if message.starts_with("unknown field") {
+        (
+            "unknown-key",
+            "remove the key or correct its spelling; `switchyard schema` prints every valid key",
+        )
+    } else if message.starts_with("duplicate key") {
+        ("duplicate-key", "keep one of the two definitions")
+    } else if message.starts_with("invalid type") || message.starts_with("unknown variant") {
+        ("invalid-value", "see `switchyard schema` for the expected type")
+    } else if message.starts_with("missing field") {
+        ("missing-key", "add the key; `switchyard schema` describes it")
+    } else {
+        ("invalid-toml", "fix the TOML syntax at this position")
+    };
+    let problem = Problem::error(code, message).hint(hint);
+    match err.span() {
+        Some(span) => problem.at(file, span),
+        None => problem.in_file(file),
+    }
+}
+
+fn merge(
+    manifest: &mut Manifest,
+    index: usize,
+    parsed: ManifestFile,
+    runtime_origin: &mut BTreeMap<&'static str, usize>,
+    problems: &mut Vec<Problem>,
+) {
+    let folder = manifest.files[index].folder().to_path_buf();
+    let runtime = parsed.runtime;
+    let schemas = runtime.schemas.as_deref().unwrap_or("../schemas");
+    let handlers = runtime.handlers.as_deref().unwrap_or("../handlers");
+    manifest.schema_dirs.push(folder.join(schemas));
+    manifest.handler_dirs.push(folder.join(handlers));
+
+    let mut set_once = |key: &'static str, present: bool| -> bool {
+        if !present {
+            return false;
+        }
+        if let Some(first) = runtime_origin.get(key) {
+            problems.push(
+                Problem::error(
+                    "duplicate-runtime-setting",
+                    format!(
+                        "`runtime.{key}` is set in `{}` and again here",
+                        manifest.files[*first].path.display()
+                    ),
+                )
+                .in_file(index)
+                .hint("set each runtime setting in one manifest only"),
+            );
+            return false;
+        }
+        runtime_origin.insert(key, index);
+        true
+    };
+    if set_once("name", runtime.name.is_some()) {
+        manifest.name = runtime.name.unwrap_or_default();
+    }
+    if set_once("listen", runtime.listen.is_some()) {
+        manifest.listen = runtime.listen;
+    }
+    if set_once("drain_timeout", runtime.drain_timeout.is_some()) {
+        manifest.drain_timeout = runtime.drain_timeout.map(|d| d.0).unwrap_or_default();
+    }
+    if set_once("body_limit", runtime.body_limit.is_some()) {
+        manifest.body_limit = runtime.body_limit.map(|b| b.0).unwrap_or_default();
+    }
+    if set_once("cache", runtime.cache.is_some()) {
+        manifest.cache_dir = runtime.cache.map(|c| folder.join(c));
+    }
+
+    let files = &manifest.files;
+    insert_all(&mut manifest.brokers, "broker", parsed.brokers, index, files, problems);
+    insert_all(&mut manifest.exchanges, "exchange", parsed.exchanges, index, files, problems);
+    insert_all(&mut manifest.queues, "queue", parsed.queues, index, files, problems);
+    insert_all(&mut manifest.events, "event", parsed.events, index, files, problems);
+    insert_all(&mut manifest.producers, "producer", parsed.producers, index, files, problems);
+    insert_all(&mut manifest.consumers, "consumer", parsed.consumers, index, files, problems);
+}
+
+fn insert_all<T>(
+    target: &mut BTreeMap<String, Entry<T>>,
+    kind: &str,
+    defs: BTreeMap<String, T>,
+    index: usize,
+    files: &[SourceFile],
+    problems: &mut Vec<Problem>,
+) {
+    for (name, def) in defs {
+        if let Some(existing) = target.get(&name) {
+            problems.push(
+                Problem::error(
+                    "duplicate-name",
+                    format!(
+                        "{kind} `{name}` is defined here and in `{}`",
+                        files[existing.file].path.display()
+                    ),
+                )
+                .in_file(index)
+                .hint("names are global across all manifests given together; rename one"),
+            );
+            continue;
+        }
+        target.insert(name, Entry { file: index, def });
+    }
+}
+
+fn expand_variables(
+    manifest: &mut Manifest,
+    purpose: Purpose,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut expand_one = |raw: &str, file: usize, span: Option<std::ops::Range<usize>>| {
+        let at = |problem: Problem| match span.clone() {
+            Some(span) => problem.at(file, span),
+            None => problem.in_file(file),
+        };
+        match expand(raw, lookup) {
+            Ok((value, missing)) => {
+                for variable in missing {
+                    let problem = match purpose {
+                        Purpose::Check => Problem::warning(
+                            "undefined-variable",
+                            format!("environment variable `{}` is not set", variable.name),
+                        ),
+                        Purpose::Run => Problem::error(
+                            "undefined-variable",
+                            format!("environment variable `{}` is not set", variable.name),
+                        ),
+                    };
+                    problems.push(at(problem.hint(format!(
+                        "set `{name}` or give a default: `${{{name}:-value}}`",
+                        name = variable.name
+                    ))));
+                }
+                Some(value)
+            }
+            Err(message) => {
+                problems.push(at(Problem::error("invalid-interpolation", message)));
+                None
+            }
+        }
+    };
+
+    for (name, entry) in &manifest.brokers {
+        let url = &entry.def.url;
+        if let Some(value) = expand_one(url.get_ref(), entry.file, Some(url.span())) {
+            manifest.broker_urls.insert(name.clone(), value);
+        }
+    }
+    if let Some(listen) = manifest.listen.clone() {
+        let file = 0;
+        manifest.listen = expand_one(&listen, file, None);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,389 @@
+//! The manifest as written: one TOML file, deserialised with positions kept
+//! on every field that names another entity.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::values::{ByteSize, HumanDuration};
+
+/// One switchyard manifest file. Several files given together form one
+/// topology: names are global and references may cross files.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    /// Settings of the runtime process.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    /// Broker connections, by name.
+    #[serde(default)]
+    pub brokers: BTreeMap<String, BrokerDef>,
+    /// AMQP exchanges, by name.
+    #[serde(default)]
+    pub exchanges: BTreeMap<String, ExchangeDef>,
+    /// AMQP queues, by name.
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueDef>,
+    /// Event types, by CloudEvents `type`.
+    #[serde(default)]
+    pub events: BTreeMap<String, EventDef>,
+    /// HTTP endpoints that publish events, by name.
+    #[serde(default)]
+    pub producers: BTreeMap<String, ProducerDef>,
+    /// Queue consumers that run a WebAssembly handler, by name.
+    #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerDef>,
+}
+
+/// Settings of the runtime process.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Name of this system, used as the CloudEvents `source` prefix.
+    pub name: Option<String>,
+    /// Address of the HTTP server for producers, probes and metrics, such as
+    /// `127.0.0.1:3000`. `${VAR}` and `${VAR:-default}` are expanded.
+    pub listen: Option<String>,
+    /// Folder of the event JSON Schemas, relative to this manifest.
+    /// Default `../schemas`.
+    pub schemas: Option<String>,
+    /// Folder of the handler components, relative to this manifest.
+    /// Default `../handlers`.
+    pub handlers: Option<String>,
+    /// Folder for compiled handler components, relative to this manifest.
+    /// Default: `switchyard` under the user's cache folder.
+    pub cache: Option<String>,
+    /// How long shutdown waits for in-flight events, such as `30s`.
+    #[schemars(with = "Option<String>")]
+    pub drain_timeout: Option<HumanDuration>,
+    /// Largest accepted HTTP request body, such as `1MiB`.
+    #[schemars(with = "Option<String>")]
+    pub body_limit: Option<ByteSize>,
+}
+
+/// A broker connection.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerDef {
+    /// Broker protocol: `amqp` for RabbitMQ or another AMQP 0-9-1 broker.
+    pub kind: BrokerKind,
+    /// Connection URL, such as `amqp://user:pass@host:5672/%2f`.
+    /// `${VAR}` and `${VAR:-default}` are expanded.
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    /// How long a publish waits for the broker's confirm, such as `5s`.
+    #[schemars(with = "Option<String>")]
+    pub confirm_timeout: Option<HumanDuration>,
+}
+
+/// Broker protocols.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    Amqp,
+}
+
+/// The AMQP 0-9-1 exchange types.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    Direct,
+    Fanout,
+    #[default]
+    Topic,
+    Headers,
+}
+
+/// An AMQP exchange.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDef {
+    /// Name of the broker that holds this exchange.
+    #[schemars(with = "String")]
+    pub broker: Spanned<String>,
+    /// Exchange type. Default `topic`.
+    #[serde(default, rename = "type")]
+    pub kind: ExchangeType,
+    /// Whether the exchange survives a broker restart. Default true.
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// Exchange that receives what no binding routes. Default: the
+    /// broker's `unroutable` exchange, whose queue keeps those messages.
+    #[schemars(with = "Option<String>")]
+    pub alternate_exchange: Option<Spanned<String>>,
+}
+
+/// RabbitMQ's queue types.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+    Stream,
+}
+
+/// An AMQP queue.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDef {
+    /// Name of the broker that holds this queue.
+    #[schemars(with = "String")]
+    pub broker: Spanned<String>,
+    /// Queue type. Default `classic`.
+    #[serde(default, rename = "type")]
+    pub kind: QueueType,
+    /// Whether the queue survives a broker restart. Default true.
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// Bindings from exchanges to this queue.
+    #[serde(default)]
+    pub bind: Vec<BindDef>,
+    /// Where rejected and failed messages go.
+    pub dead_letter: Option<DeadLetterDef>,
+    /// Time after which a message in this queue expires, such as `1h`.
+    #[schemars(with = "Option<String>")]
+    pub message_ttl: Option<HumanDuration>,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindDef {
+    /// Exchange to bind to.
+    #[schemars(with = "String")]
+    pub exchange: Spanned<String>,
+    /// Routing key, or for a topic exchange a pattern where `*` matches one
+    /// word and `#` zero or more words.
+    #[schemars(with = "String")]
+    #[serde(default = "empty_spanned")]
+    pub key: Spanned<String>,
+}
+
+/// Dead-letter settings of a queue.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterDef {
+    /// Exchange that receives dead letters.
+    #[schemars(with = "String")]
+    pub exchange: Spanned<String>,
+    /// Routing key for dead letters. Default: the message's own key.
+    pub routing_key: Option<String>,
+}
+
+/// How CloudEvents attributes travel on AMQP.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// One `application/cloudevents+json` body holding attributes and data.
+    #[default]
+    Structured,
+    /// Attributes in `cloudEvents_*` headers, data alone in the body.
+    Binary,
+}
+
+/// An event type.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventDef {
+    /// JSON Schema file of the event data, relative to the schemas folder.
+    #[schemars(with = "String")]
+    pub schema: Spanned<String>,
+    /// Where events of this type are published: one target or a list.
+    #[serde(default)]
+    pub publish: OneOrMany<PublishDef>,
+    /// Wire encoding on AMQP. Default `structured`.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+/// A publish target of an event type.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishDef {
+    /// Exchange to publish to.
+    #[schemars(with = "String")]
+    pub exchange: Spanned<String>,
+    /// Routing key. Default: the event type.
+    pub routing_key: Option<String>,
+}
+
+/// One table or a list of tables.
+#[derive(Debug, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> Default for OneOrMany<T> {
+    fn default() -> Self {
+        OneOrMany::Many(Vec::new())
+    }
+}
+
+// Written by hand because serde's untagged enums buffer their input, which
+// loses the positions that `Spanned` fields need.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = OneOrMany<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table or an array of tables")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(OneOrMany::One)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+        }
+
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData))
+    }
+}
+
+impl<T> OneOrMany<T> {
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(one) => std::slice::from_ref(one),
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+/// An HTTP endpoint that publishes one event type.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerDef {
+    /// Method and path, such as `POST /orders`.
+    #[schemars(with = "String")]
+    pub http: Spanned<String>,
+    /// Event type published for each accepted request.
+    #[schemars(with = "String")]
+    pub event: Spanned<String>,
+    /// Data field that receives the event id when the request leaves it out,
+    /// such as `orderId`.
+    pub id_field: Option<String>,
+}
+
+/// A consumer: reads a queue and calls a handler for each event.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerDef {
+    /// Queue to consume.
+    #[schemars(with = "String")]
+    pub queue: Spanned<String>,
+    /// Handler component file, relative to the handlers folder, such as
+    /// `email.wasm`.
+    #[schemars(with = "String")]
+    pub handler: Spanned<String>,
+    /// Maximum unacknowledged deliveries. Default 32.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Maximum handler calls running at once. Default 8.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Retry policy for failed handler calls.
+    #[serde(default)]
+    pub retry: RetryDef,
+    /// Resource limits of each handler call.
+    #[serde(default)]
+    pub limits: LimitsDef,
+    /// Values the handler reads with the host's `config` function.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Retry policy of a consumer.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDef {
+    /// Handler calls for one event before it is dead-lettered. Default 5.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the second call, doubled for each later one, such as `1s`.
+    #[schemars(with = "String")]
+    #[serde(default = "default_backoff")]
+    pub backoff: HumanDuration,
+    /// Longest delay between two calls. Default `5m`.
+    #[schemars(with = "String")]
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: HumanDuration,
+}
+
+impl Default for RetryDef {
+    fn default() -> Self {
+        RetryDef {
+            max_attempts: default_max_attempts(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+/// Resource limits of each handler call.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsDef {
+    /// Deadline of one call, such as `2s`. Default `2s`.
+    #[schemars(with = "String")]
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Largest linear memory of the handler, such as `64MiB`. Default `64MiB`.
+    #[schemars(with = "String")]
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+}
+
+impl Default for LimitsDef {
+    fn default() -> Self {
+        LimitsDef {
+            timeout: default_timeout(),
+            memory: default_memory(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn empty_spanned() -> Spanned<String> {
+    Spanned::new(0..0, String::new())
+}
+
+fn default_prefetch() -> u16 {
+    32
+}
+
+fn default_concurrency() -> u32 {
+    8
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
+fn default_backoff() -> HumanDuration {
+    HumanDuration::from_secs(1)
+}
+
+fn default_max_backoff() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+
+fn default_timeout() -> HumanDuration {
+    HumanDuration::from_secs(2)
+}
+
+fn default_memory() -> ByteSize {
+    ByteSize(64 * 1024 * 1024)
+}

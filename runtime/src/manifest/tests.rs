@@ -1,0 +1,175 @@
+use std::path::PathBuf;
+
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+/// Writes manifests into a fresh folder and loads them.
+fn load_texts(texts: &[&str], purpose: Purpose) -> Loaded {
+    let dir = std::env::temp_dir().join(format!("switchyard-manifest-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths: Vec<PathBuf> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let path = dir.join(format!("m{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect();
+    let loaded = load(&paths, purpose, &no_env);
+    let _ = std::fs::remove_dir_all(&dir);
+    loaded
+}
+
+fn codes(loaded: &Loaded) -> Vec<&'static str> {
+    loaded.problems.iter().map(|p| p.code).collect()
+}
+
+fn position(loaded: &Loaded, index: usize) -> (usize, usize) {
+    let problem = &loaded.problems[index];
+    let file = &loaded.manifest.files[problem.file.unwrap()];
+    file.line_column(problem.span.clone().unwrap().start)
+}
+
+const BASE: &str = r#"
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://localhost"
+
+[exchanges.events]
+broker = "rabbit"
+
+[exchanges.dlx]
+broker = "rabbit"
+type = "fanout"
+
+[queues.work]
+broker = "rabbit"
+bind = [{ exchange = "events", key = "order.*" }]
+dead_letter = { exchange = "dlx" }
+"#;
+
+#[test]
+fn reference_manifest_loads_cleanly() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/shop.toml");
+    let loaded = load(&[path], Purpose::Run, &no_env);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+    assert_eq!(loaded.manifest.consumers.len(), 3);
+    assert_eq!(
+        loaded.manifest.broker_urls["rabbit"],
+        "amqp://guest:guest@127.0.0.1:5672/%2f"
+    );
+}
+
+#[test]
+fn unknown_key_reported_with_position() {
+    let text = format!("{BASE}\n[consumers.c]\nqueue = \"work\"\nhandler = \"h.wasm\"\nprefetc = 3\n");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["unknown-key"]);
+    assert!(loaded.problems[0].message.contains("prefetc"), "{}", loaded.render());
+    let line = text.lines().position(|l| l.starts_with("prefetc")).unwrap() + 1;
+    assert_eq!(position(&loaded, 0), (line, 1));
+}
+
+#[test]
+fn undefined_references_each_reported() {
+    let text = r#"
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://localhost"
+
+[exchanges.events]
+broker = "rabit"
+
+[queues.work]
+broker = "rabbit"
+bind = [{ exchange = "event", key = "a" }]
+dead_letter = { exchange = "dlx" }
+
+[consumers.c]
+queue = "wrk"
+handler = "h.wasm"
+"#;
+    let loaded = load_texts(&[text], Purpose::Run);
+    assert_eq!(
+        codes(&loaded),
+        ["undefined-broker", "undefined-exchange", "undefined-exchange", "undefined-queue"]
+    );
+    assert_eq!(loaded.problems[0].hint.as_deref(), Some("did you mean `rabbit`?"));
+    assert_eq!(position(&loaded, 0), (7, 10));
+    assert_eq!(position(&loaded, 3), (15, 9));
+}
+
+#[test]
+fn missing_variable_is_error_when_running() {
+    let text = BASE.replace("amqp://localhost", "amqp://${RABBIT_HOST}");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["undefined-variable"]);
+    assert!(loaded.has_errors());
+}
+
+#[test]
+fn missing_variable_is_warning_in_check() {
+    let text = BASE.replace("amqp://localhost", "amqp://${RABBIT_HOST}");
+    let loaded = load_texts(&[&text], Purpose::Check);
+    assert_eq!(codes(&loaded), ["undefined-variable"]);
+    assert!(!loaded.has_errors());
+}
+
+#[test]
+fn names_are_global_across_files() {
+    let second = "[queues.work]\nbroker = \"rabbit\"\n";
+    let loaded = load_texts(&[BASE, second], Purpose::Run);
+    assert_eq!(codes(&loaded), ["duplicate-name"]);
+}
+
+#[test]
+fn references_cross_files() {
+    let second = r#"
+[events."order.placed"]
+schema = "order.placed.json"
+publish = { exchange = "events" }
+"#;
+    let loaded = load_texts(&[BASE, second], Purpose::Run);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+}
+
+#[test]
+fn consumer_queue_needs_dead_letter() {
+    let text = r#"
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://localhost"
+
+[queues.work]
+broker = "rabbit"
+
+[consumers.c]
+queue = "work"
+handler = "h.wasm"
+"#;
+    let loaded = load_texts(&[text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["missing-dead-letter"]);
+}
+
+#[test]
+fn duplicate_routes_rejected() {
+    let text = format!(
+        "{BASE}\n[events.e]\nschema = \"e.json\"\n\n[producers.a]\nhttp = \"POST /x\"\nevent = \"e\"\n\n[producers.b]\nhttp = \"post /x\"\nevent = \"e\"\n"
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["duplicate-route"]);
+}
+
+#[test]
+fn invalid_duration_names_value() {
+    let text = format!(
+        "{BASE}\n[consumers.c]\nqueue = \"work\"\nhandler = \"h.wasm\"\nlimits = {{ timeout = \"2 fortnights\" }}\n"
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["invalid-toml"]);
+    assert!(loaded.problems[0].message.contains("`2 fortnights`"), "{}", loaded.render());
+}

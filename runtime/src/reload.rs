@@ -1,0 +1,164 @@
+//! Handler loading and hot reload: watches the handler folders, compiles a
+//! changed component off the hot path and swaps it in atomically. Events
+//! already running finish on the version they started with.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use tokio::sync::{mpsc, watch};
+
+use crate::handler::{HandlerHost, LoadedHandler};
+use crate::telemetry;
+
+/// Quiet period after the last write before a file is read.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// The current version of each handler file, by absolute path.
+#[derive(Clone, Default)]
+pub struct Slots {
+    slots: Arc<HashMap<PathBuf, watch::Sender<Option<LoadedHandler>>>>,
+}
+
+impl Slots {
+    /// Creates an empty slot for each path.
+    pub fn new(paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        let slots = paths
+            .into_iter()
+            .map(|path| (absolute(&path), watch::channel(None).0))
+            .collect();
+        Slots {
+            slots: Arc::new(slots),
+        }
+    }
+
+    /// Returns a receiver that sees every version of the handler at `path`.
+    pub fn subscribe(&self, path: &Path) -> Option<watch::Receiver<Option<LoadedHandler>>> {
+        self.slots.get(&absolute(path)).map(watch::Sender::subscribe)
+    }
+
+    fn get(&self, path: &Path) -> Option<&watch::Sender<Option<LoadedHandler>>> {
+        self.slots.get(path)
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.slots.keys()
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Loads every handler that exists now. A missing or invalid file is logged
+/// and leaves its slot empty, which holds back only its consumers.
+pub async fn load_all(host: &HandlerHost, slots: &Slots) {
+    for path in slots.paths() {
+        if !path.exists() {
+            tracing::warn!(handler = %path.display(), "handler file not found; its consumers wait for it");
+            continue;
+        }
+        match compile(host, path).await {
+            Ok(loaded) => {
+                tracing::info!(handler = %loaded.name, digest = %short(&loaded.digest), "handler loaded");
+                if let Some(slot) = slots.get(path) {
+                    slot.send_replace(Some(loaded));
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(handler = %path.display(), %reason,
+                    "handler rejected; its consumers wait for a valid file");
+            }
+        }
+    }
+}
+
+async fn compile(host: &HandlerHost, path: &Path) -> Result<LoadedHandler, String> {
+    let host = host.clone();
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || host.load_file(&path))
+        .await
+        .map_err(|err| format!("compile task failed: {err}"))?
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+/// Watches the handler folders until the returned value is dropped.
+pub struct Watcher {
+    _debouncer: Debouncer<notify::RecommendedWatcher>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts watching `dirs` and reloads any slot whose file changes.
+pub fn watch(host: HandlerHost, slots: Slots, dirs: &[PathBuf]) -> notify::Result<Watcher> {
+    let (sender, mut changes) = mpsc::unbounded_channel::<PathBuf>();
+    let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
+        Ok(events) => {
+            for event in events {
+                let _ = sender.send(event.path);
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "handler folder watch failed"),
+    })?;
+    for dir in dirs {
+        if let Err(err) = debouncer
+            .watcher()
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+        {
+            tracing::warn!(folder = %dir.display(), error = %err, "cannot watch handler folder; hot reload is off for it");
+        }
+    }
+    let task = tokio::spawn(async move {
+        while let Some(path) = changes.recv().await {
+            let path = absolute(&path);
+            if slots.get(&path).is_some() {
+                reload(&host, &slots, &path).await;
+            }
+        }
+    });
+    Ok(Watcher {
+        _debouncer: debouncer,
+        _task: task,
+    })
+}
+
+async fn reload(host: &HandlerHost, slots: &Slots, path: &Path) {
+    let Some(slot) = slots.get(path) else {
+        return;
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !path.exists() {
+        tracing::warn!(handler = %name, "handler file deleted; the loaded version keeps serving");
+        return;
+    }
+    let first_load = slot.borrow().is_none();
+    match compile(host, path).await {
+        Ok(loaded) => {
+            let unchanged = slot
+                .borrow()
+                .as_ref()
+                .is_some_and(|current| current.digest == loaded.digest);
+            if unchanged {
+                return;
+            }
+            tracing::info!(handler = %name, digest = %short(&loaded.digest), "handler reloaded");
+            slot.send_replace(Some(loaded));
+            if !first_load {
+                metrics::counter!(telemetry::HANDLER_RELOADS, "handler" => name, "result" => "ok")
+                    .increment(1);
+            }
+        }
+        Err(reason) => {
+            tracing::warn!(handler = %name, %reason, "handler rejected; the loaded version keeps serving");
+            metrics::counter!(telemetry::HANDLER_RELOADS, "handler" => name, "result" => "rejected")
+                .increment(1);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Event schemas: one compiled JSON Schema validator per event type.
+//!
+//! Schemas default to draft 2020-12, assert `format`, and resolve `$ref`s only
+//! against the `.json` files in their own folder: nothing is ever fetched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jsonschema::{Draft, Registry, Validator};
+use serde_json::Value;
+
+use crate::manifest::{Manifest, Problem};
+
+/// One violation of an event schema.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// JSON pointer to the offending value in the event data.
+    pub pointer: String,
+    pub message: String,
+}
+
+/// The compiled schema of one event type.
+#[derive(Debug)]
+pub struct EventSchema {
+    pub event_type: String,
+    pub path: PathBuf,
+    validator: Validator,
+}
+
+impl EventSchema {
+    /// Validates event data, returning every violation.
+    pub fn validate(&self, data: &Value) -> Result<(), Vec<Violation>> {
+        let violations: Vec<Violation> = self
+            .validator
+            .iter_errors(data)
+            .map(|error| Violation {
+                pointer: error.instance_path().to_string(),
+                message: error.to_string(),
+            })
+            .collect();
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(violations)
+        }
+    }
+}
+
+/// The schemas of every event type in the manifest.
+#[derive(Debug, Default, Clone)]
+pub struct Schemas {
+    by_type: HashMap<String, Arc<EventSchema>>,
+}
+
+impl Schemas {
+    pub fn get(&self, event_type: &str) -> Option<&Arc<EventSchema>> {
+        self.by_type.get(event_type)
+    }
+
+    /// Validates data against the schema of its event type.
+    pub fn validate(&self, event_type: &str, data: &Value) -> Result<(), SchemaCheck> {
+        match self.by_type.get(event_type) {
+            Some(schema) => schema.validate(data).map_err(SchemaCheck::Invalid),
+            None => Err(SchemaCheck::UnknownType(event_type.to_owned())),
+        }
+    }
+
+    /// Compiles the schema of every event type, reporting each failure.
+    pub fn compile(manifest: &Manifest) -> (Schemas, Vec<Problem>) {
+        let mut schemas = Schemas::default();
+        let mut problems = Vec::new();
+        let mut registries: BTreeMap<PathBuf, Result<Registry<'static>, String>> = BTreeMap::new();
+
+        for (event_type, entry) in &manifest.events {
+            let (Some(path), Some(dir)) =
+                (manifest.schema_path(event_type), manifest.schema_dir(event_type))
+            else {
+                continue;
+            };
+            let at = |problem: Problem| problem.at(entry.file, entry.def.schema.span());
+            let registry = registries
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| local_registry(dir));
+            let registry = match registry {
+                Ok(registry) => registry,
+                Err(message) => {
+                    problems.push(at(Problem::error("schema-invalid", message.clone())));
+                    continue;
+                }
+            };
+            match compile_one(event_type, &path, registry) {
+                Ok(schema) => {
+                    schemas.by_type.insert(event_type.clone(), Arc::new(schema));
+                }
+                Err((code, message, hint)) => {
+                    problems.push(at(Problem::error(code, message).hint(hint)));
+                }
+            }
+        }
+        (schemas, problems)
+    }
+}
+
+/// Why data did not pass its schema.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SchemaCheck {
+    UnknownType(String),
+    Invalid(Vec<Violation>),
+}
+
+impl std::fmt::Display for SchemaCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SchemaCheck::UnknownType(event_type) => {
+                write!(f, "event type `{event_type}` is not defined in the manifest")
+            }
+            SchemaCheck::Invalid(violations) => {
+                let parts: Vec<String> = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", display_pointer(&v.pointer), v.message))
+                    .collect();
+                write!(f, "data fails its schema: {}", parts.join("; "))
+            }
+        }
+    }
+}
+
+fn display_pointer(pointer: &str) -> &str {
+    if pointer.is_empty() { "/" } else { pointer }
+}
+
+fn file_url(path: &Path) -> String {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", absolute.display())
+}
+
+/// Builds a registry of every `.json` file in a schema folder, so local
+/// `$ref`s resolve and nothing is retrieved from the network.
+fn local_registry(dir: &Path) -> Result<Registry<'static>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|err| {
+        format!(
+            "cannot read schema folder `{}`: {err}; create it or set `runtime.schemas`",
+            dir.display()
+        )
+    })?;
+    let mut resources = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|ext| ext != "json") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(value) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        resources.push((file_url(&path), value));
+    }
+    Registry::new()
+        .extend(resources)
+        .and_then(|builder| builder.prepare())
+        .map_err(|err| format!("cannot index schemas in `{}`: {err}", dir.display()))
+}
+
+type CompileError = (&'static str, String, String);
+
+fn compile_one(
+    event_type: &str,
+    path: &Path,
+    registry: &Registry<'static>,
+) -> Result<EventSchema, CompileError> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        (
+            "schema-not-found",
+            format!("cannot read schema `{}` of event `{event_type}`: {err}", path.display()),
+            "create the file or correct `schema`; paths are relative to the schemas folder".to_owned(),
+        )
+    })?;
+    let schema: Value = serde_json::from_str(&text).map_err(|err| {
+        (
+            "schema-invalid",
+            format!("schema `{}` is not valid JSON: {err}", path.display()),
+            "fix the JSON syntax".to_owned(),
+        )
+    })?;
+    let draft = if schema.get("$schema").is_some() {
+        jsonschema::meta::validate(&schema).map_err(|err| {
+            (
+                "schema-invalid",
+                format!(
+                    "schema `{}` does not conform to its meta-schema at `{}`: {err}",
+                    path.display(),
+                    display_pointer(&err.instance_path().to_string())
+                ),
+                "fix the schema keyword named here".to_owned(),
+            )
+        })?;
+        None
+    } else {
+        Some(Draft::Draft202012)
+    };
+    let mut options = jsonschema::options()
+        .should_validate_formats(true)
+        .with_base_uri(file_url(path))
+        .with_registry(registry)
+        .offline();
+    if let Some(draft) = draft {
+        options = options.with_draft(draft);
+    }
+    let validator = options.build(&schema).map_err(|err| {
+        (
+            "schema-invalid",
+            format!("cannot compile schema `{}`: {err}", path.display()),
+            "only `$ref`s to `.json` files in the schemas folder resolve; remote references are never fetched".to_owned(),
+        )
+    })?;
+    Ok(EventSchema {
+        event_type: event_type.to_owned(),
+        path: path.to_path_buf(),
+        validator,
+    })
+}

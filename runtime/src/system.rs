@@ -1,0 +1,407 @@
+//! `switchyard up`: builds the running system from loaded manifests —
+//! brokers, topology, handlers, consumers and HTTP — and stops it cleanly.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::embedded::EmbeddedBroker;
+use crate::broker::{Broker, Deferred};
+use crate::dispatch::{self, Consumer, Publisher, RetryPolicy, Route, Services};
+use crate::event::WireFormat;
+use crate::handler::{CallContext, HandlerHost, Limits};
+use crate::ingress::{self, Ingress, Producer};
+use crate::manifest::{self, BrokerKind, Encoding, Manifest, Purpose};
+use crate::reload::{self, Slots};
+use crate::schema::Schemas;
+use crate::telemetry::{self, Readiness};
+use crate::topology;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+
+/// Options of `switchyard up`.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    pub manifests: Vec<PathBuf>,
+    /// Replace every broker with the in-process embedded broker.
+    pub embedded: bool,
+    pub listen: Option<String>,
+}
+
+/// Loads the manifests and their schemas for running, or fails with every
+/// problem rendered.
+pub fn load_for_run(paths: &[PathBuf]) -> anyhow::Result<(Manifest, Schemas)> {
+    let loaded = manifest::load(paths, Purpose::Run, &|name| std::env::var(name).ok());
+    if loaded.has_errors() {
+        bail!("invalid manifest:\n{}", loaded.render());
+    }
+    if !loaded.problems.is_empty() {
+        eprint!("{}", loaded.render());
+    }
+    let manifest = loaded.manifest;
+    let (schemas, problems) = Schemas::compile(&manifest);
+    if !problems.is_empty() {
+        bail!("invalid schema:\n{}", manifest::render(&problems, &manifest.files));
+    }
+    Ok((manifest, schemas))
+}
+
+/// Runs the system until SIGINT or SIGTERM, then drains in-flight events.
+pub async fn up(options: UpOptions) -> anyhow::Result<()> {
+    let (manifest, schemas) = load_for_run(&options.manifests)?;
+    let metrics = telemetry::init_metrics().context("cannot install the metrics recorder")?;
+    let readiness = Readiness::default();
+    let shutdown = CancellationToken::new();
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+
+    // Every broker starts as a placeholder that answers "unreachable", so
+    // HTTP can serve probes and 503s while connections are being made.
+    let deferred: HashMap<String, Arc<Deferred>> = manifest
+        .brokers
+        .keys()
+        .map(|name| (name.clone(), Arc::new(Deferred::new(name))))
+        .collect();
+    let brokers: HashMap<String, Arc<dyn Broker>> = deferred
+        .iter()
+        .map(|(name, broker)| (name.clone(), broker.clone() as Arc<dyn Broker>))
+        .collect();
+    let publisher = Publisher::new(brokers.clone(), routes(&manifest));
+
+    // Handlers load before consumers start; a missing file holds back only
+    // the consumers that use it.
+    let host = HandlerHost::new().map_err(|err| anyhow::anyhow!("{err}"))?;
+    let slots = Slots::new(manifest.consumers.keys().filter_map(|c| manifest.handler_path(c)));
+    reload::load_all(&host, &slots).await;
+    let _watcher = reload::watch(host.clone(), slots.clone(), &manifest.handler_dirs())
+        .context("cannot watch the handler folders")?;
+
+    let services = Services {
+        host,
+        publisher: publisher.clone(),
+        schemas: schemas.clone(),
+        readiness: readiness.clone(),
+    };
+    let consumers = consumers(&manifest, &brokers, &schemas)?;
+
+    // HTTP first, so `/readyz` can say what start-up is waiting for.
+    let listen = options
+        .listen
+        .clone()
+        .or_else(|| manifest.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let address: SocketAddr = listen.parse().with_context(|| {
+        format!("invalid listen address `{listen}`; write an IP address and port such as `127.0.0.1:3000`")
+    })?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on `{address}`; is another process using it?"))?;
+    let ingress = Ingress {
+        publisher,
+        schemas,
+        readiness: readiness.clone(),
+        metrics: Some(metrics),
+        body_limit: usize::try_from(manifest.body_limit).unwrap_or(usize::MAX),
+    };
+    let app = ingress::router(ingress, producers(&manifest)?);
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+    });
+    tracing::info!(%address, manifests = ?options.manifests, embedded = options.embedded, "switchyard listening");
+
+    // Each broker connects, provisions its topology and then starts its
+    // consumers, independently of the others.
+    let desired = topology::desired(&manifest);
+    let embedded = Arc::new(EmbeddedBroker::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, placeholder) in &deferred {
+        let target: Target = if options.embedded {
+            Target::Embedded(embedded.clone())
+        } else {
+            let url = manifest.broker_urls.get(name).cloned().unwrap_or_default();
+            let def = &manifest.brokers[name].def;
+            match def.kind {
+                BrokerKind::Amqp => Target::Amqp {
+                    url,
+                    confirm_timeout: def.confirm_timeout.map(|t| t.0),
+                },
+            }
+        };
+        let broker_consumers: Vec<Consumer> = consumers
+            .iter()
+            .filter(|c| manifest.queue_broker(&c.queue) == Some(name.as_str()))
+            .cloned()
+            .collect();
+        let start = BrokerStart {
+            name: name.clone(),
+            target,
+            placeholder: placeholder.clone(),
+            topology: desired.get(name).cloned().unwrap_or_default(),
+            consumers: broker_consumers,
+            slots: slots.clone(),
+            services: services.clone(),
+            shutdown: shutdown.clone(),
+            fatal: fatal_tx.clone(),
+        };
+        tasks.spawn(start.run());
+    }
+
+    let failure = tokio::select! {
+        _ = stop_signal() => None,
+        message = fatal_rx.recv() => message,
+    };
+    if failure.is_none() {
+        tracing::info!(drain_timeout = ?manifest.drain_timeout, "stopping: no new work, draining events in flight");
+    }
+    shutdown.cancel();
+    let drained = tokio::time::timeout(manifest.drain_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(drain_timeout = ?manifest.drain_timeout,
+            "drain timeout passed with events in flight; they stay unacknowledged and the broker redelivers them");
+    }
+    let _ = http.await;
+    if let Some(message) = failure {
+        bail!("{message}");
+    }
+    tracing::info!("switchyard stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler succeeds on Unix");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+enum Target {
+    Embedded(Arc<EmbeddedBroker>),
+    Amqp {
+        url: String,
+        confirm_timeout: Option<Duration>,
+    },
+}
+
+/// The start-up of one broker: connect, provision, start consumers.
+struct BrokerStart {
+    name: String,
+    target: Target,
+    placeholder: Arc<Deferred>,
+    topology: topology::BrokerTopology,
+    consumers: Vec<Consumer>,
+    slots: Slots,
+    services: Services,
+    shutdown: CancellationToken,
+    fatal: mpsc::UnboundedSender<String>,
+}
+
+impl BrokerStart {
+    async fn run(self) {
+        let check = format!("broker:{}", self.name);
+        let readiness = &self.services.readiness;
+        readiness.set(&check, false, "connecting");
+        readiness.set("topology", false, "not provisioned yet");
+        for consumer in &self.consumers {
+            readiness.set(format!("consumer:{}", consumer.name), false, "waiting for its broker");
+        }
+
+        let broker = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            broker = connect(&self.name, &self.target, &self.services.readiness) => broker,
+        };
+        self.placeholder.set(broker.clone());
+        readiness.set(&check, true, "connected");
+
+        loop {
+            match topology::provision(broker.as_ref(), &self.topology).await {
+                Ok(()) => break,
+                Err(errors) if errors.iter().all(|err| err.is_transient()) => {
+                    tracing::warn!(broker = %self.name, error = %errors[0], "provisioning failed; retrying");
+                    readiness.set("topology", false, errors[0].to_string());
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    }
+                }
+                Err(errors) => {
+                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    let message = format!(
+                        "cannot provision the topology on broker `{}`:\n{}",
+                        self.name,
+                        text.join("\n")
+                    );
+                    readiness.set("topology", false, "conflict with the broker's existing topology");
+                    let _ = self.fatal.send(message);
+                    return;
+                }
+            }
+        }
+        readiness.set("topology", true, "provisioned");
+        tracing::info!(broker = %self.name, exchanges = self.topology.exchanges.len(),
+            queues = self.topology.queues.len(), bindings = self.topology.bindings.len(),
+            "topology provisioned");
+
+        let mut running = tokio::task::JoinSet::new();
+        for mut consumer in self.consumers {
+            consumer.broker = broker.clone();
+            let path = consumer.handler_path.clone();
+            let Some(handler) = path.and_then(|path| self.slots.subscribe(&path)) else {
+                continue;
+            };
+            running.spawn(dispatch::run_consumer(
+                consumer,
+                handler,
+                self.services.clone(),
+                self.shutdown.clone(),
+            ));
+        }
+        while running.join_next().await.is_some() {}
+    }
+}
+
+/// Connects to a broker, retrying with capped exponential backoff and
+/// jitter while it is unreachable.
+async fn connect(name: &str, target: &Target, readiness: &Readiness) -> Arc<dyn Broker> {
+    match target {
+        Target::Embedded(broker) => broker.clone(),
+        Target::Amqp { url, confirm_timeout } => {
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                let mut options = crate::broker::amqp::AmqpOptions::default();
+                if let Some(timeout) = confirm_timeout {
+                    options.confirm_timeout = *timeout;
+                }
+                match crate::broker::amqp::AmqpBroker::connect(name, url, options).await {
+                    Ok(broker) => {
+                        tracing::info!(broker = name, attempt, "broker connected");
+                        return Arc::new(broker);
+                    }
+                    Err(err) => {
+                        let delay = reconnect_delay(attempt);
+                        tracing::warn!(broker = name, attempt, error = %err, retry_in = ?delay,
+                            "cannot connect to broker");
+                        readiness.set(format!("broker:{name}"), false, err.to_string());
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reconnect_delay(attempt: u32) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(2u32.saturating_pow(attempt.min(6)));
+    base.min(Duration::from_secs(30)).mul_f64(rand::random_range(0.5..1.0))
+}
+
+/// Returns the publish targets of every event type.
+fn routes(manifest: &Manifest) -> HashMap<String, Vec<Route>> {
+    manifest
+        .events
+        .iter()
+        .map(|(event_type, entry)| {
+            let format = match entry.def.encoding {
+                Encoding::Structured => WireFormat::Structured,
+                Encoding::Binary => WireFormat::Binary,
+            };
+            let targets = entry
+                .def
+                .publish
+                .as_slice()
+                .iter()
+                .filter_map(|target| {
+                    let exchange = target.exchange.get_ref();
+                    Some(Route {
+                        broker: manifest.exchange_broker(exchange)?.to_owned(),
+                        exchange: exchange.clone(),
+                        routing_key: target.routing_key.clone(),
+                        format,
+                    })
+                })
+                .collect();
+            (event_type.clone(), targets)
+        })
+        .collect()
+}
+
+fn producers(manifest: &Manifest) -> anyhow::Result<Vec<Producer>> {
+    let mut producers = Vec::new();
+    for (name, entry) in &manifest.producers {
+        let (method, path) = manifest::parse_route(entry.def.http.get_ref())
+            .map_err(|message| anyhow::anyhow!("producer `{name}`: {message}"))?;
+        producers.push(Producer {
+            name: name.clone(),
+            method: method.parse().context("invalid HTTP method")?,
+            path,
+            event_type: entry.def.event.get_ref().clone(),
+            id_field: entry.def.id_field.clone(),
+            source: format!("/{}/{name}", manifest.name),
+        });
+    }
+    Ok(producers)
+}
+
+fn consumers(
+    manifest: &Manifest,
+    brokers: &HashMap<String, Arc<dyn Broker>>,
+    schemas: &Schemas,
+) -> anyhow::Result<Vec<Consumer>> {
+    let mut consumers = Vec::new();
+    for (name, entry) in &manifest.consumers {
+        let def = &entry.def;
+        let queue = def.queue.get_ref();
+        let queue_def = &manifest.queues[queue].def;
+        let broker_name = queue_def.broker.get_ref();
+        let dead_letter = queue_def
+            .dead_letter
+            .as_ref()
+            .context("consumer queue without dead-letter exchange")?;
+        consumers.push(Consumer {
+            name: Arc::from(name.as_str()),
+            queue: queue.clone(),
+            retry_queue: topology::retry_queue_name(queue),
+            dead_letter_exchange: dead_letter.exchange.get_ref().clone(),
+            dead_letter_routing_key: dead_letter.routing_key.clone(),
+            broker: brokers[broker_name].clone(),
+            prefetch: def.prefetch,
+            concurrency: def.concurrency,
+            retry: RetryPolicy {
+                max_attempts: def.retry.max_attempts,
+                backoff: def.retry.backoff.0,
+                max_backoff: def.retry.max_backoff.0,
+            },
+            context: CallContext {
+                consumer: Arc::from(name.as_str()),
+                config: Arc::new(def.config.clone()),
+                schemas: schemas.clone(),
+                limits: Limits {
+                    timeout: def.limits.timeout.0,
+                    memory: def.limits.memory.0,
+                },
+            },
+            source: format!("/{}/{name}", manifest.name),
+            handler_path: manifest.handler_path(name),
+        });
+    }
+    Ok(consumers)
+}

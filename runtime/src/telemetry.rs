@@ -1,0 +1,99 @@
+//! Logs, metrics and readiness.
+//!
+//! Metric names are part of switchyard's contract; they are listed once
+//! here and documented in the README.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+
+pub const EVENTS_PUBLISHED: &str = "switchyard_events_published_total";
+pub const EVENTS_HANDLED: &str = "switchyard_events_handled_total";
+pub const EVENTS_DEAD_LETTERED: &str = "switchyard_events_dead_lettered_total";
+pub const HANDLER_DURATION: &str = "switchyard_handler_duration_seconds";
+pub const HANDLER_RELOADS: &str = "switchyard_handler_reloads_total";
+pub const EVENTS_IN_FLIGHT: &str = "switchyard_events_in_flight";
+pub const HTTP_REJECTED: &str = "switchyard_http_requests_rejected_total";
+pub const BROKER_CONNECTED: &str = "switchyard_broker_connected";
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber; the level comes from `RUST_LOG`,
+/// default `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder and returns the handle that renders
+/// `/metrics`.
+pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+        0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.to_owned()), &buckets)?
+        .install_recorder()?;
+    metrics::describe_counter!(EVENTS_PUBLISHED, "Publishes confirmed by the broker.");
+    metrics::describe_counter!(EVENTS_HANDLED, "Handler outcomes: ok, retry or dead_lettered.");
+    metrics::describe_counter!(EVENTS_DEAD_LETTERED, "Events sent to a dead-letter exchange.");
+    metrics::describe_histogram!(
+        HANDLER_DURATION,
+        metrics::Unit::Seconds,
+        "Wall time of one handler call."
+    );
+    metrics::describe_counter!(HANDLER_RELOADS, "Handler reloads by result.");
+    metrics::describe_gauge!(EVENTS_IN_FLIGHT, "Events being handled now.");
+    metrics::describe_counter!(HTTP_REJECTED, "Producer requests answered with an error.");
+    metrics::describe_gauge!(BROKER_CONNECTED, "1 while the broker connection is up.");
+    Ok(handle)
+}
+
+/// State of one readiness check.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Readiness checks by name, such as `broker:rabbit` or `consumer:email-service`.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    checks: Arc<Mutex<BTreeMap<String, Check>>>,
+}
+
+impl Readiness {
+    pub fn set(&self, name: impl Into<String>, ok: bool, detail: impl Into<String>) {
+        let check = Check {
+            ok,
+            detail: detail.into(),
+        };
+        self.lock().insert(name.into(), check);
+    }
+
+    /// Returns whether every check passes, and all checks.
+    pub fn snapshot(&self) -> (bool, BTreeMap<String, Check>) {
+        let checks = self.lock().clone();
+        let ready = !checks.is_empty() && checks.values().all(|check| check.ok);
+        (ready, checks)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Check>> {
+        self.checks.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
