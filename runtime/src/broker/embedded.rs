@@ -13,6 +13,11 @@
 //!   deliveries, as closing a RabbitMQ channel does.
 //! - Dead letters carry the `x-first-death-*` and `x-last-death-*` headers
 //!   (`reason`, `queue`, `exchange`) of RabbitMQ 3.13, but no `x-death` table.
+//!
+//! NOTE: `BindingSpec` has no binding arguments, so a headers-exchange binding
+//! made through `Broker::bind_queue` matches every message, as an `x-match`
+//! of `all` with no conditions does. `EmbeddedBroker::bind_queue_with_arguments`
+//! takes the arguments.
 
 mod equivalence;
 #[cfg(test)]
@@ -30,6 +35,7 @@ use async_trait::async_trait;
 use futures::Stream;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
+use tracing::warn;
 
 use self::state::{QueueIndex, Settlement, State};
 use crate::broker::{Acker, Broker, BrokerError, Deliveries, Delivery, Headers, Message};
@@ -106,10 +112,25 @@ impl EmbeddedBroker {
             .expiry_task
             .as_ref()
             .is_some_and(|task| !task.is_finished());
-        if !is_running {
-            let broker = Arc::downgrade(&self.inner);
-            let wakeup = self.inner.expiry_wakeup.clone();
-            state.expiry_task = Some(tokio::spawn(run_expiry(broker, wakeup)));
+        if is_running {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let broker = Arc::downgrade(&self.inner);
+                let wakeup = self.inner.expiry_wakeup.clone();
+                state.expiry_task = Some(runtime.spawn(run_expiry(broker, wakeup)));
+            }
+            Err(error) => {
+                if !state.logged_missing_runtime {
+                    state.logged_missing_runtime = true;
+                    warn!(
+                        %error,
+                        "cannot start the embedded broker's expiry task outside a Tokio \
+                         runtime, so messages with a time to live do not expire"
+                    );
+                }
+            }
         }
     }
 }

@@ -26,9 +26,13 @@ impl Difference {
     }
 }
 
-/// Builds the conflict error for a redeclaration, in the spirit of RabbitMQ's
+/// Fails a redeclaration with differences, in the spirit of RabbitMQ's
 /// `406 PRECONDITION_FAILED - inequivalent arg` but naming every difference.
-fn conflict(kind: &str, name: &str, differences: Vec<Difference>) -> Result<(), BrokerError> {
+fn require_no_differences(
+    kind: &str,
+    name: &str,
+    differences: Vec<Difference>,
+) -> Result<(), BrokerError> {
     if differences.is_empty() {
         return Ok(());
     }
@@ -69,7 +73,7 @@ pub(super) fn check_exchange_equivalent(
             |name| render_optional(name.as_deref()),
         ),
     ];
-    conflict(
+    require_no_differences(
         "exchange",
         &existing.name,
         differences.into_iter().flatten().collect(),
@@ -112,7 +116,7 @@ pub(super) fn check_queue_equivalent(
             },
         ),
     ];
-    conflict(
+    require_no_differences(
         "queue",
         &existing.name,
         differences.into_iter().flatten().collect(),

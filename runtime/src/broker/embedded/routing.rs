@@ -163,13 +163,13 @@ impl HeadersPattern {
     }
 
     pub(super) fn matches(&self, headers: &Headers) -> bool {
-        let mut holds = self
+        let mut condition_results = self
             .conditions
             .iter()
             .map(|(name, value)| headers.get(name) == Some(value));
         match self.x_match {
-            XMatch::All | XMatch::AllWithX => holds.all(|condition| condition),
-            XMatch::Any | XMatch::AnyWithX => holds.any(|condition| condition),
+            XMatch::All | XMatch::AllWithX => condition_results.all(|condition| condition),
+            XMatch::Any | XMatch::AnyWithX => condition_results.any(|condition| condition),
         }
     }
 }
@@ -375,10 +375,10 @@ mod tests {
         ]))
         .unwrap();
         let both = headers(&[("format", string("pdf")), ("type", string("report"))]);
-        let one = headers(&[("format", string("pdf"))]);
+        let format_only = headers(&[("format", string("pdf"))]);
         let wrong = headers(&[("format", string("pdf")), ("type", string("log"))]);
         assert!(pattern.matches(&both));
-        assert!(!pattern.matches(&one));
+        assert!(!pattern.matches(&format_only));
         assert!(!pattern.matches(&wrong));
     }
 

@@ -40,6 +40,8 @@ pub(super) struct State {
     /// Wakes the expiry task when an earlier expiry time is queued.
     pub(super) expiry_wakeup: Arc<Notify>,
     pub(super) expiry_task: Option<tokio::task::JoinHandle<()>>,
+    /// Whether a publish outside a Tokio runtime was logged already.
+    pub(super) logged_missing_runtime: bool,
     /// Queues that may have deliverable messages, dispatched by `settle`.
     dirty: Vec<QueueIndex>,
     next_consumer_id: u64,
@@ -88,8 +90,11 @@ struct QueuedMessage {
 }
 
 impl QueuedMessage {
+    /// Reports whether the message expired before `now`. A message with a
+    /// time to live of 0 is not expired yet at the instant it was queued, so
+    /// it can still go to a consumer with free prefetch, as in RabbitMQ.
     fn is_expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|expires_at| expires_at <= now)
+        self.expires_at.is_some_and(|expires_at| expires_at < now)
     }
 }
 
@@ -140,6 +145,7 @@ impl State {
             expiry: BinaryHeap::new(),
             expiry_wakeup: Arc::new(Notify::new()),
             expiry_task: None,
+            logged_missing_runtime: false,
             dirty: Vec::new(),
             next_consumer_id: 0,
             broker,
@@ -253,8 +259,9 @@ impl State {
             message,
             deaths: Vec::new(),
         };
-        self.enqueue_all(&targets, routed);
-        self.settle();
+        let now = Instant::now();
+        self.enqueue_all(&targets, routed, now);
+        self.settle(now);
         Ok(())
     }
 
@@ -282,7 +289,7 @@ impl State {
             sender,
         });
         self.mark_dirty(index);
-        self.settle();
+        self.settle(Instant::now());
         Ok((index, id))
     }
 
@@ -304,8 +311,9 @@ impl State {
             "cancelled consumer"
         );
         let unacked = removed.unacked.into_values().collect();
-        self.requeue(queue, unacked, Instant::now());
-        self.settle();
+        let now = Instant::now();
+        self.requeue(queue, unacked, now);
+        self.settle(now);
     }
 
     pub(super) fn settle_delivery(
@@ -330,13 +338,16 @@ impl State {
                 queue_state.spec.name
             ))
         })?;
+        let now = Instant::now();
         match settlement {
             Settlement::Ack => {}
-            Settlement::Requeue => self.requeue(queue, vec![message], Instant::now()),
-            Settlement::DeadLetter => self.dead_letter(queue, message, DeathReason::Rejected),
+            Settlement::Requeue => self.requeue(queue, vec![message], now),
+            Settlement::DeadLetter => {
+                self.dead_letter(queue, message, DeathReason::Rejected, now);
+            }
         }
         self.mark_dirty(queue);
-        self.settle();
+        self.settle(now);
         Ok(())
     }
 
@@ -346,11 +357,11 @@ impl State {
         Ok(u32::try_from(depth).unwrap_or(u32::MAX))
     }
 
-    /// Dead-letters every ready message whose time to live ran out by `now`,
-    /// and returns the next expiry time.
+    /// Dead-letters every ready message whose time to live ran out before
+    /// `now`, and returns the next expiry time.
     pub(super) fn expire_due(&mut self, now: Instant) -> Option<Instant> {
         while let Some(&Reverse((expires_at, queue, id))) = self.expiry.peek() {
-            if expires_at > now {
+            if expires_at >= now {
                 break;
             }
             self.expiry.pop();
@@ -361,10 +372,10 @@ impl State {
             if ready[position].is_expired(now)
                 && let Some(message) = ready.remove(position)
             {
-                self.dead_letter(queue, message, DeathReason::Expired);
+                self.dead_letter(queue, message, DeathReason::Expired, now);
             }
         }
-        self.settle();
+        self.settle(now);
         self.expiry
             .peek()
             .map(|Reverse((expires_at, _, _))| *expires_at)
@@ -424,8 +435,7 @@ impl State {
         Ok(targets)
     }
 
-    fn enqueue_all(&mut self, targets: &[QueueIndex], routed: RoutedMessage) {
-        let now = Instant::now();
+    fn enqueue_all(&mut self, targets: &[QueueIndex], routed: RoutedMessage, now: Instant) {
         let Some((&last, others)) = targets.split_last() else {
             return;
         };
@@ -479,7 +489,7 @@ impl State {
         let mut returned = Vec::with_capacity(messages.len());
         for mut message in messages {
             if message.is_expired(now) {
-                self.dead_letter(queue, message, DeathReason::Expired);
+                self.dead_letter(queue, message, DeathReason::Expired, now);
             } else {
                 message.redelivered = true;
                 returned.push(message);
@@ -491,7 +501,13 @@ impl State {
 
     /// Publishes a rejected or expired message to its queue's dead-letter
     /// exchange, or drops it when the queue has none.
-    fn dead_letter(&mut self, queue: QueueIndex, queued: QueuedMessage, reason: DeathReason) {
+    fn dead_letter(
+        &mut self,
+        queue: QueueIndex,
+        queued: QueuedMessage,
+        reason: DeathReason,
+        now: Instant,
+    ) {
         let spec = &self.queues[queue].spec;
         let Some(dead_letter_exchange) = spec.dead_letter_exchange.clone() else {
             debug!(
@@ -553,7 +569,7 @@ impl State {
             message,
             deaths,
         };
-        self.enqueue_all(&targets, routed);
+        self.enqueue_all(&targets, routed, now);
     }
 
     /// Reports whether dead-lettering into `target` would repeat a cycle of
@@ -585,18 +601,17 @@ impl State {
 
     /// Dispatches every queue that changed, including queues that receive
     /// dead letters while another is dispatched.
-    fn settle(&mut self) {
+    fn settle(&mut self, now: Instant) {
         while let Some(queue) = self.dirty.pop() {
             self.queues[queue].is_dirty = false;
-            self.dispatch(queue);
+            self.dispatch(queue, now);
         }
     }
 
     /// Delivers ready messages round-robin to consumers with free prefetch,
     /// dead-lettering expired ones on the way, as RabbitMQ never delivers an
     /// expired message.
-    fn dispatch(&mut self, queue: QueueIndex) {
-        let now = Instant::now();
+    fn dispatch(&mut self, queue: QueueIndex, now: Instant) {
         loop {
             let queue_state = &mut self.queues[queue];
             if queue_state.ready.is_empty() {
@@ -609,7 +624,7 @@ impl State {
                 return;
             };
             if message.is_expired(now) {
-                self.dead_letter(queue, message, DeathReason::Expired);
+                self.dead_letter(queue, message, DeathReason::Expired, now);
                 continue;
             }
             queue_state.next_consumer = (position + 1) % queue_state.consumers.len();

@@ -202,9 +202,9 @@ async fn headers_routes_on_x_match() {
         .publish("h", with_headers("both", &both))
         .await
         .unwrap();
-    let one = [("format", "pdf"), ("type", "log")];
+    let one_match = [("format", "pdf"), ("type", "log")];
     broker
-        .publish("h", with_headers("one", &one))
+        .publish("h", with_headers("one", &one_match))
         .await
         .unwrap();
     broker
@@ -214,6 +214,17 @@ async fn headers_routes_on_x_match() {
 
     assert_eq!(drain(&broker, "all").await, ["both"]);
     assert_eq!(drain(&broker, "any").await, ["both", "one"]);
+}
+
+#[tokio::test]
+async fn headers_trait_binding_matches_all() {
+    let broker = EmbeddedBroker::new();
+    let queues = [("q", "ignored")];
+    declare_bound(&broker, exchange("h", ExchangeKind::Headers), &queues).await;
+
+    broker.publish("h", message("any", "1")).await.unwrap();
+
+    assert_eq!(drain(&broker, "q").await, ["1"]);
 }
 
 #[tokio::test]
@@ -486,9 +497,9 @@ async fn prefetch_zero_is_unlimited() {
     }
     let mut deliveries = broker.consume("q", "c", 0).await.unwrap();
 
-    let mut held = Vec::new();
+    let mut unacked = Vec::new();
     for _ in 0..100 {
-        held.push(next(&mut deliveries).await);
+        unacked.push(next(&mut deliveries).await);
     }
 
     assert_eq!(depth(&broker, "q").await, 0);
@@ -727,6 +738,33 @@ async fn queue_ttl_dead_letters_unconsumed() {
 }
 
 #[tokio::test]
+async fn zero_ttl_needs_free_consumer() {
+    let broker = EmbeddedBroker::new();
+    let work = QueueSpec {
+        message_ttl: Some(Duration::ZERO),
+        ..queue("work")
+    };
+    declare_with_dead_letters(&broker, work).await;
+    let mut deliveries = broker.consume("work", "c", 1).await.unwrap();
+
+    broker
+        .publish("", message("work", "delivered"))
+        .await
+        .unwrap();
+    broker
+        .publish("", message("work", "expired"))
+        .await
+        .unwrap();
+
+    // RabbitMQ delivers a message with a TTL of 0 only to a consumer that can
+    // take it at once, and dead-letters it otherwise.
+    assert_eq!(body(&next(&mut deliveries).await), "delivered");
+    let mut dead = broker.consume("dead", "d", 1).await.unwrap();
+    assert_eq!(body(&next(&mut dead).await), "expired");
+    assert_silent(&mut deliveries).await;
+}
+
+#[tokio::test]
 async fn shorter_ttl_wins() {
     let broker = EmbeddedBroker::new();
     let work = QueueSpec {
@@ -830,6 +868,19 @@ async fn expiry_cycle_is_broken() {
     assert_eq!(depth(&broker, "b").await, 0);
 }
 
+#[test]
+fn publish_outside_tokio_runtime() {
+    let broker = EmbeddedBroker::new();
+
+    futures::executor::block_on(async {
+        broker.declare_queue(&queue("q")).await.unwrap();
+        broker.publish("", message("q", "1")).await.unwrap();
+    });
+
+    let depth = futures::executor::block_on(depth(&broker, "q"));
+    assert_eq!(depth, 1);
+}
+
 #[tokio::test]
 async fn dropped_stream_requeues_unacked() {
     let broker = EmbeddedBroker::new();
@@ -842,7 +893,7 @@ async fn dropped_stream_requeues_unacked() {
     }
     let mut deliveries = broker.consume("q", "c", 3).await.unwrap();
     let acked = next(&mut deliveries).await;
-    let held = next(&mut deliveries).await;
+    let unacked = next(&mut deliveries).await;
     acked.ack().await.unwrap();
 
     // Acking "0" let the broker push "3", so "1", "2" and "3" are unacked.
@@ -855,7 +906,7 @@ async fn dropped_stream_requeues_unacked() {
         assert_eq!(body(&delivery), expected);
         assert!(delivery.redelivered, "message {expected}");
     }
-    let error = held.ack().await.unwrap_err();
+    let error = unacked.ack().await.unwrap_err();
     assert!(matches!(error, BrokerError::Closed(_)), "{error:?}");
 }
 
@@ -871,9 +922,9 @@ async fn requeue_merges_original_order() {
             .await
             .unwrap();
     }
-    // Round-robin: `first` holds 0 and 2, `second` holds 1 and 3.
+    // Round-robin: `first` has 0 and 2, `second` has 1 and 3.
     next(&mut first).await.ack().await.unwrap();
-    // `first` now holds 2 and 4, and 5 is ready.
+    // `first` now has 2 and 4, and 5 is ready.
     drop(first);
     // 2 and 4 go back around 5, and then 1 and 3 interleave with them.
     drop(second);
@@ -896,11 +947,11 @@ async fn requeue_behind_older_message() {
             .unwrap();
     }
     assert_eq!(body(&next(&mut first).await), "0");
-    let one = next(&mut second).await;
-    assert_eq!(body(&one), "1");
+    let message_1 = next(&mut second).await;
+    assert_eq!(body(&message_1), "1");
     drop(first);
 
-    one.reject(true).await.unwrap();
+    message_1.reject(true).await.unwrap();
 
     // 0 is back ahead of 1, so `second` gets 0 first.
     let zero = next(&mut second).await;
@@ -1035,7 +1086,7 @@ async fn handler_publishes_while_holding() {
             delivery.ack().await.unwrap();
         }
     }
-    // The stream holds the next ten echoes unacknowledged until it is dropped.
+    // The stream keeps the next ten echoes unacknowledged until it is dropped.
     drop(deliveries);
 
     assert_eq!(depth(&broker, "out").await, 50);
