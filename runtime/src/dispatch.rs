@@ -152,7 +152,12 @@ pub async fn run_consumer(
     let mut failures = 0u32;
     loop {
         if handler.borrow().is_none() {
-            services.readiness.set(&check, false, "waiting for its handler file");
+            let file = consumer.handler_path.as_deref().unwrap_or(std::path::Path::new("?"));
+            let detail = format!(
+                "waiting for handler `{}` (still compiling, or missing or invalid: see the log)",
+                file.display()
+            );
+            services.readiness.set(&check, false, detail);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = handler.wait_for(Option::is_some) => {

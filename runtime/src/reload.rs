@@ -55,22 +55,25 @@ fn absolute(path: &Path) -> PathBuf {
 /// Loads every handler that exists now. A missing or invalid file is logged
 /// and leaves its slot empty, which holds back only its consumers.
 pub async fn load_all(host: &HandlerHost, slots: &Slots) {
-    for path in slots.paths() {
-        if !path.exists() {
-            tracing::warn!(handler = %path.display(), "handler file not found; its consumers wait for it");
-            continue;
+    let loads = slots.paths().map(|path| load_one(host, slots, path));
+    futures::future::join_all(loads).await;
+}
+
+async fn load_one(host: &HandlerHost, slots: &Slots, path: &Path) {
+    if !path.exists() {
+        tracing::warn!(handler = %path.display(), "handler file not found; its consumers wait for it");
+        return;
+    }
+    match compile(host, path).await {
+        Ok(loaded) => {
+            tracing::info!(handler = %loaded.name, digest = %short(&loaded.digest), "handler loaded");
+            if let Some(slot) = slots.get(path) {
+                slot.send_replace(Some(loaded));
+            }
         }
-        match compile(host, path).await {
-            Ok(loaded) => {
-                tracing::info!(handler = %loaded.name, digest = %short(&loaded.digest), "handler loaded");
-                if let Some(slot) = slots.get(path) {
-                    slot.send_replace(Some(loaded));
-                }
-            }
-            Err(reason) => {
-                tracing::warn!(handler = %path.display(), %reason,
-                    "handler rejected; its consumers wait for a valid file");
-            }
+        Err(reason) => {
+            tracing::warn!(handler = %path.display(), %reason,
+                "handler rejected; its consumers wait for a valid file");
         }
     }
 }

@@ -73,13 +73,17 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         .collect();
     let publisher = Publisher::new(brokers.clone(), routes(&manifest));
 
-    // Handlers load before consumers start; a missing file holds back only
-    // the consumers that use it.
+    // Handlers compile in the background: each consumer waits for its own
+    // handler, and a missing file holds back only the consumers that use it.
     let host = HandlerHost::new().map_err(|err| anyhow::anyhow!("{err}"))?;
     let slots = Slots::new(manifest.consumers.keys().filter_map(|c| manifest.handler_path(c)));
-    reload::load_all(&host, &slots).await;
     let _watcher = reload::watch(host.clone(), slots.clone(), &manifest.handler_dirs())
         .context("cannot watch the handler folders")?;
+    let loading = {
+        let host = host.clone();
+        let slots = slots.clone();
+        tokio::spawn(async move { reload::load_all(&host, &slots).await })
+    };
 
     let services = Services {
         host,
@@ -170,6 +174,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         tracing::warn!(drain_timeout = ?manifest.drain_timeout,
             "drain timeout passed with events in flight; they stay unacknowledged and the broker redelivers them");
     }
+    loading.abort();
     let _ = http.await;
     if let Some(message) = failure {
         bail!("{message}");
