@@ -25,7 +25,7 @@ pub const CONSUMER_HEADER: &str = "x-switchyard-consumer";
 /// retry queue (which delivers it back under the queue's name).
 pub const ROUTING_KEY_HEADER: &str = "x-switchyard-routing-key";
 
-/// Where events of one type are published.
+/// A publish target of one event type.
 #[derive(Clone, Debug)]
 pub struct Route {
     pub broker: String,
@@ -116,7 +116,7 @@ impl RetryPolicy {
 pub struct Consumer {
     pub name: Arc<str>,
     pub queue: String,
-    /// Queue that holds messages until their retry delay passes.
+    /// Queue that keeps messages until their retry delay passes.
     pub retry_queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_routing_key: Option<String>,
@@ -267,7 +267,7 @@ async fn consume(
     end
 }
 
-/// What happens to a delivery after its handler call.
+/// The settlement of a delivery after its handler call.
 #[derive(Debug, PartialEq, Eq)]
 enum Disposition {
     Ack,
@@ -313,7 +313,7 @@ async fn process(
         }
         other => other,
     };
-    settle(consumer, services, delivery, disposition).await;
+    settle(consumer, delivery, disposition).await;
 }
 
 /// Decodes, validates and calls the handler; publishes what it emitted.
@@ -386,7 +386,7 @@ async fn decide(
 /// Acknowledges, schedules a retry or dead-letters a delivery. A message is
 /// acknowledged only after its copy in the retry queue or dead-letter
 /// exchange was confirmed, so it is never lost between the two.
-async fn settle(consumer: &Consumer, services: &Services, delivery: Delivery, disposition: Disposition) {
+async fn settle(consumer: &Consumer, delivery: Delivery, disposition: Disposition) {
     let name = consumer.name.to_string();
     let result = match disposition {
         Disposition::Ack => {
@@ -424,7 +424,6 @@ async fn settle(consumer: &Consumer, services: &Services, delivery: Delivery, di
         // event is handled again.
         tracing::warn!(consumer = %consumer.name, error = %err, "cannot acknowledge delivery");
     }
-    let _ = services;
 }
 
 async fn dead_letter(

@@ -3,7 +3,7 @@
 //! memory cap.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -143,6 +143,8 @@ impl host::Host for CallState {
 pub struct HandlerHost {
     engine: Engine,
     linker: Arc<Linker<CallState>>,
+    /// Folder of compiled components, keyed by content and engine settings.
+    cache_dir: Option<PathBuf>,
 }
 
 impl HandlerHost {
@@ -173,7 +175,15 @@ impl HandlerHost {
         Ok(HandlerHost {
             engine,
             linker: Arc::new(linker),
+            cache_dir: None,
         })
+    }
+
+    /// Keeps compiled components in `dir`, so a restart does not compile
+    /// unchanged handlers again.
+    pub fn with_cache_dir(mut self, dir: PathBuf) -> Self {
+        self.cache_dir = Some(dir);
+        self
     }
 
     /// Compiles a component and checks that it implements the handler world
@@ -182,7 +192,8 @@ impl HandlerHost {
         if !wasmparser_is_component(bytes) {
             return Err(describe_non_component(bytes));
         }
-        let component = Component::new(&self.engine, bytes).map_err(|err| format!("{err:#}"))?;
+        let digest = digest(bytes);
+        let component = self.compile(bytes, &digest)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -191,9 +202,42 @@ impl HandlerHost {
             .map_err(|err| format!("component does not match the handler world: {err:#}"))?;
         Ok(LoadedHandler {
             name: name.to_owned(),
-            digest: digest(bytes),
+            digest,
             pre,
         })
+    }
+
+    /// Compiles a component, or loads it from the cache when this engine
+    /// compiled the same bytes before.
+    fn compile(&self, bytes: &[u8], digest: &str) -> Result<Component, String> {
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(|err| format!("{err:#}"));
+        };
+        let path = dir.join(format!("{digest}-{}.cwasm", self.engine_key()));
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash (part of its name), in
+            // a folder only this runtime writes to.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err,
+                        "cannot load compiled component from the cache; compiling again");
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|err| format!("{err:#}"))?;
+        if let Err(err) = write_cache(dir, &path, &component) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot write compiled component to the cache");
+        }
+        Ok(component)
+    }
+
+    fn engine_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
     }
 
     /// Reads and loads a component file.
@@ -267,6 +311,17 @@ fn to_wit_event(event: &Event, attempt: u32) -> types::Event {
             .collect(),
         attempt,
     }
+}
+
+/// Writes a compiled component through a temporary file and a rename, so
+/// a concurrent reader never sees half a file.
+fn write_cache(dir: &Path, path: &Path, component: &Component) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = component.serialize()?;
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)?;
+    Ok(())
 }
 
 fn host_error(err: impl std::fmt::Display) -> CallError {

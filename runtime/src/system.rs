@@ -75,7 +75,9 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
 
     // Handlers compile in the background: each consumer waits for its own
     // handler, and a missing file holds back only the consumers that use it.
-    let host = HandlerHost::new().map_err(|err| anyhow::anyhow!("{err}"))?;
+    let host = HandlerHost::new()
+        .map_err(|err| anyhow::anyhow!("{err}"))?
+        .with_cache_dir(cache_dir(&manifest));
     let slots = Slots::new(manifest.consumers.keys().filter_map(|c| manifest.handler_path(c)));
     let _watcher = reload::watch(host.clone(), slots.clone(), &manifest.handler_dirs())
         .context("cannot watch the handler folders")?;
@@ -181,6 +183,20 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     }
     tracing::info!("switchyard stopped");
     Ok(())
+}
+
+/// Returns the compiled-component cache folder: `runtime.cache`, else
+/// `$XDG_CACHE_HOME/switchyard/components`, else `~/.cache/...`, else a
+/// folder under the system's temporary folder.
+fn cache_dir(manifest: &Manifest) -> PathBuf {
+    if let Some(dir) = &manifest.cache_dir {
+        return dir.clone();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("switchyard").join("components")
 }
 
 async fn stop_signal() {
