@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
 use tokio::sync::{mpsc, watch};
 
 use crate::handler::{HandlerHost, LoadedHandler};
@@ -92,39 +91,62 @@ fn short(digest: &str) -> &str {
 
 /// Watches the handler folders until the returned value is dropped.
 pub struct Watcher {
-    _debouncer: Debouncer<notify::RecommendedWatcher>,
+    _watcher: notify::RecommendedWatcher,
     _task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts watching `dirs` and reloads any slot whose file changes.
+/// Reports whether an event can mean new file contents. Reads are left out,
+/// because reloading reads the file and would otherwise trigger itself.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    }
+}
+
+/// Starts watching `dirs` and reloads any slot whose file changes, once the
+/// file has been quiet for a moment.
 pub fn watch(host: HandlerHost, slots: Slots, dirs: &[PathBuf]) -> notify::Result<Watcher> {
+    use notify::Watcher as _;
+
     let (sender, mut changes) = mpsc::unbounded_channel::<PathBuf>();
-    let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
-        Ok(events) => {
-            for event in events {
-                let _ = sender.send(event.path);
+    let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+        match result {
+            Ok(event) if is_change(&event.kind) => {
+                for path in event.paths {
+                    let _ = sender.send(path);
+                }
             }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "handler folder watch failed"),
         }
-        Err(err) => tracing::warn!(error = %err, "handler folder watch failed"),
     })?;
     for dir in dirs {
-        if let Err(err) = debouncer
-            .watcher()
-            .watch(dir, notify::RecursiveMode::NonRecursive)
-        {
+        if let Err(err) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
             tracing::warn!(folder = %dir.display(), error = %err, "cannot watch handler folder; hot reload is off for it");
         }
     }
+
     let task = tokio::spawn(async move {
-        while let Some(path) = changes.recv().await {
-            let path = absolute(&path);
-            if slots.get(&path).is_some() {
-                reload(&host, &slots, &path).await;
+        while let Some(first) = changes.recv().await {
+            // Collect every path that changes until the folder is quiet, so
+            // one save (often several events) gives one reload.
+            let mut pending = std::collections::BTreeSet::from([absolute(&first)]);
+            while let Ok(Some(path)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+                pending.insert(absolute(&path));
+            }
+            for path in pending {
+                if slots.get(&path).is_some() {
+                    reload(&host, &slots, &path).await;
+                }
             }
         }
     });
     Ok(Watcher {
-        _debouncer: debouncer,
+        _watcher: watcher,
         _task: task,
     })
 }
