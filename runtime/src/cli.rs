@@ -30,6 +30,8 @@ enum Command {
     Check(CheckArgs),
     /// Print the manifest's JSON Schema (draft-07, for editors).
     Schema,
+    /// Validate one event and publish it to its targets, waiting for the confirm.
+    Publish(PublishArgs),
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +49,16 @@ struct UpArgs {
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+struct PublishArgs {
+    /// Manifest files, then the event type, such as `order.placed`.
+    #[arg(required = true, num_args = 2.., value_name = "MANIFEST... EVENT_TYPE")]
+    arguments: Vec<String>,
+    /// Event data as JSON, or `@FILE` to read it from a file.
+    #[arg(long, value_name = "JSON|@FILE")]
+    data: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -79,6 +91,7 @@ pub fn main() -> ExitCode {
             print!("{}", manifest_schema());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Publish(args) => publish(args),
     };
     match result {
         Ok(code) => code,
@@ -92,11 +105,41 @@ pub fn main() -> ExitCode {
 fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging(args.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(system::up(UpOptions {
+    let result = runtime.block_on(system::up(UpOptions {
         manifests: args.manifests,
         embedded: args.embedded,
         listen: args.listen,
-    }))?;
+    }));
+    keep_until_exit(runtime);
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Leaves the async runtime running until the process exits. lapin's I/O
+/// thread can outlive its connection (a failed connect, for one) and panics
+/// when it finds the runtime shutting down; the process ends right after
+/// this anyway.
+fn keep_until_exit(runtime: tokio::runtime::Runtime) {
+    std::mem::forget(runtime);
+}
+
+fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init_logging(LogFormat::Text);
+    let mut arguments = args.arguments;
+    let event_type = arguments.pop().unwrap_or_default();
+    let manifests: Vec<PathBuf> = arguments.into_iter().map(PathBuf::from).collect();
+    let text = match args.data.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|err| anyhow::anyhow!("cannot read event data from `{path}`: {err}"))?,
+        None => args.data,
+    };
+    let data: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|err| anyhow::anyhow!("`--data` is not valid JSON: {err}"))?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(system::publish_once(&manifests, &event_type, data));
+    keep_until_exit(runtime);
+    let event = result?;
+    println!("{}", serde_json::json!({ "id": event.id, "type": event.event_type }));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -185,6 +185,49 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Validates one event and publishes it to every target of its type,
+/// connecting to each broker once, without retries.
+pub async fn publish_once(
+    paths: &[PathBuf],
+    event_type: &str,
+    data: serde_json::Value,
+) -> anyhow::Result<crate::event::Event> {
+    let (manifest, schemas) = load_for_run(paths)?;
+    if !manifest.events.contains_key(event_type) {
+        let known: Vec<&str> = manifest.events.keys().map(String::as_str).collect();
+        bail!("event type `{event_type}` is not defined; defined types: {}", known.join(", "));
+    }
+    if let Err(check) = schemas.validate(event_type, &data) {
+        bail!("event not published: {check}");
+    }
+
+    let routes = routes(&manifest);
+    let mut brokers: HashMap<String, Arc<dyn Broker>> = HashMap::new();
+    for route in routes.get(event_type).into_iter().flatten() {
+        if brokers.contains_key(&route.broker) {
+            continue;
+        }
+        let def = &manifest.brokers[&route.broker].def;
+        let url = manifest.broker_urls.get(&route.broker).cloned().unwrap_or_default();
+        let mut options = crate::broker::amqp::AmqpOptions::default();
+        if let Some(timeout) = def.confirm_timeout {
+            options.confirm_timeout = timeout.0;
+        }
+        let broker = crate::broker::amqp::AmqpBroker::connect(&route.broker, &url, options)
+            .await
+            .context("event not published")?;
+        brokers.insert(route.broker.clone(), Arc::new(broker));
+    }
+
+    let source = format!("/{}/cli", manifest.name);
+    let event = crate::event::Event::new(event_type, &source, data);
+    Publisher::new(brokers, routes)
+        .publish(&event)
+        .await
+        .context("event not published")?;
+    Ok(event)
+}
+
 /// Returns the compiled-component cache folder: `runtime.cache`, else
 /// `$XDG_CACHE_HOME/switchyard/components`, else `~/.cache/...`, else a
 /// folder under the system's temporary folder.
