@@ -11,6 +11,7 @@ use crate::manifest::{self, ManifestFile, Problem, Purpose, Severity};
 use crate::schema::Schemas;
 use crate::system::{self, UpOptions};
 use crate::telemetry::{self, LogFormat};
+use crate::topology::Action;
 
 /// Declarative event runtime: provisions RabbitMQ topology from TOML
 /// manifests, validates events against JSON Schemas and runs WebAssembly
@@ -30,6 +31,9 @@ enum Command {
     Check(CheckArgs),
     /// Print the manifest's JSON Schema (draft-07, for editors).
     Schema,
+    /// Show what provisioning would create, leave unchanged or conflict with,
+    /// changing nothing. Exits 1 when there is a conflict.
+    Plan(PlanArgs),
     /// Validate one event and publish it to its targets, waiting for the confirm.
     Publish(PublishArgs),
 }
@@ -49,6 +53,13 @@ struct UpArgs {
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// Manifest files; several form one topology.
+    #[arg(required = true)]
+    manifests: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +103,7 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish(args) => publish(args),
+        Command::Plan(args) => plan(args),
     };
     match result {
         Ok(code) => code,
@@ -120,6 +132,42 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// this anyway.
 fn keep_until_exit(runtime: tokio::runtime::Runtime) {
     std::mem::forget(runtime);
+}
+
+fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(system::plan(&args.manifests));
+    keep_until_exit(runtime);
+    let plans = result?;
+
+    let mut conflicts = 0;
+    for (broker, steps) in &plans {
+        println!("broker `{broker}`");
+        for step in steps {
+            let (word, detail) = match &step.action {
+                Action::Create => ("create", None),
+                Action::Unchanged => ("unchanged", None),
+                Action::Ensure => ("ensure", None),
+                Action::Conflict(text) => {
+                    conflicts += 1;
+                    ("conflict", Some(text))
+                }
+            };
+            println!("  {word:<10} {:<8} {}", step.kind, step.name);
+            if let Some(detail) = detail {
+                println!("             {detail}");
+            }
+        }
+        let count = |wanted: fn(&Action) -> bool| steps.iter().filter(|s| wanted(&s.action)).count();
+        println!(
+            "  {} to create, {} unchanged, {} bindings to ensure, {} conflicts\n",
+            count(|a| *a == Action::Create),
+            count(|a| *a == Action::Unchanged),
+            count(|a| *a == Action::Ensure),
+            count(|a| matches!(a, Action::Conflict(_))),
+        );
+    }
+    Ok(if conflicts > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {

@@ -185,6 +185,34 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connects to every broker once and compares its topology with the
+/// manifests, changing nothing.
+pub async fn plan(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<topology::Step>)>> {
+    let (manifest, _) = load_for_run(paths)?;
+    let desired = topology::desired(&manifest);
+    let mut plans = Vec::new();
+    for (name, wanted) in &desired {
+        let broker = connect_once(&manifest, name).await?;
+        let steps = topology::plan(broker.as_ref(), wanted)
+            .await
+            .with_context(|| format!("cannot read the topology of broker `{name}`"))?;
+        plans.push((name.clone(), steps));
+    }
+    Ok(plans)
+}
+
+/// Connects to a broker of the manifest once, without retries.
+async fn connect_once(manifest: &Manifest, name: &str) -> anyhow::Result<Arc<dyn Broker>> {
+    let def = &manifest.brokers[name].def;
+    let url = manifest.broker_urls.get(name).cloned().unwrap_or_default();
+    let mut options = crate::broker::amqp::AmqpOptions::default();
+    if let Some(timeout) = def.confirm_timeout {
+        options.confirm_timeout = timeout.0;
+    }
+    let broker = crate::broker::amqp::AmqpBroker::connect(name, &url, options).await?;
+    Ok(Arc::new(broker))
+}
+
 /// Validates one event and publishes it to every target of its type,
 /// connecting to each broker once, without retries.
 pub async fn publish_once(
@@ -204,19 +232,12 @@ pub async fn publish_once(
     let routes = routes(&manifest);
     let mut brokers: HashMap<String, Arc<dyn Broker>> = HashMap::new();
     for route in routes.get(event_type).into_iter().flatten() {
-        if brokers.contains_key(&route.broker) {
-            continue;
+        if !brokers.contains_key(&route.broker) {
+            let broker = connect_once(&manifest, &route.broker)
+                .await
+                .context("event not published")?;
+            brokers.insert(route.broker.clone(), broker);
         }
-        let def = &manifest.brokers[&route.broker].def;
-        let url = manifest.broker_urls.get(&route.broker).cloned().unwrap_or_default();
-        let mut options = crate::broker::amqp::AmqpOptions::default();
-        if let Some(timeout) = def.confirm_timeout {
-            options.confirm_timeout = timeout.0;
-        }
-        let broker = crate::broker::amqp::AmqpBroker::connect(&route.broker, &url, options)
-            .await
-            .context("event not published")?;
-        brokers.insert(route.broker.clone(), Arc::new(broker));
     }
 
     let source = format!("/{}/cli", manifest.name);

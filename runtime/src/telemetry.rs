@@ -25,11 +25,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber; the level comes from `RUST_LOG`,
-/// default `info`.
+/// Default log filter. lapin logs every channel closed by the broker at
+/// error level, and switchyard reports those failures itself, with context.
+const DEFAULT_FILTER: &str = "info,lapin::channel=off";
+
+/// Installs the global tracing subscriber; the filter comes from `RUST_LOG`,
+/// default `info` without lapin's channel errors.
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

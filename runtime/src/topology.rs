@@ -250,3 +250,78 @@ pub async fn provision(broker: &dyn Broker, topology: &BrokerTopology) -> Result
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
+
+/// What provisioning would do to one entity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Unchanged,
+    /// The broker cannot change the entity in place; the text names the
+    /// existing and the wanted values and the way out.
+    Conflict(String),
+    /// Declared again on every start, because AMQP 0-9-1 cannot list
+    /// bindings without the management plugin; binding twice is harmless.
+    Ensure,
+}
+
+/// One line of a plan: an entity and its action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub kind: &'static str,
+    pub name: String,
+    pub action: Action,
+}
+
+/// Compares the desired state with what the broker has, changing nothing.
+///
+/// An existing exchange or queue is declared again with the wanted
+/// properties, which changes nothing when they are equal and fails with a
+/// conflict when they differ.
+pub async fn plan(broker: &dyn Broker, topology: &BrokerTopology) -> Result<Vec<Step>, BrokerError> {
+    let mut steps = Vec::new();
+    for exchange in &topology.exchanges {
+        let action = if broker.exchange_exists(&exchange.name).await? {
+            compare(broker.declare_exchange(exchange).await)?
+        } else {
+            Action::Create
+        };
+        steps.push(Step {
+            kind: "exchange",
+            name: exchange.name.clone(),
+            action,
+        });
+    }
+    for queue in &topology.queues {
+        let action = if broker.queue_exists(&queue.name).await? {
+            compare(broker.declare_queue(queue).await)?
+        } else {
+            Action::Create
+        };
+        steps.push(Step {
+            kind: "queue",
+            name: queue.name.clone(),
+            action,
+        });
+    }
+    for binding in &topology.bindings {
+        let new_end = steps.iter().any(|step| {
+            step.action == Action::Create
+                && ((step.kind == "exchange" && step.name == binding.exchange)
+                    || (step.kind == "queue" && step.name == binding.queue))
+        });
+        steps.push(Step {
+            kind: "binding",
+            name: format!("{} -> {} ({:?})", binding.exchange, binding.queue, binding.routing_key),
+            action: if new_end { Action::Create } else { Action::Ensure },
+        });
+    }
+    Ok(steps)
+}
+
+fn compare(result: Result<(), BrokerError>) -> Result<Action, BrokerError> {
+    match result {
+        Ok(()) => Ok(Action::Unchanged),
+        Err(BrokerError::Conflict(text)) => Ok(Action::Conflict(text)),
+        Err(other) => Err(other),
+    }
+}

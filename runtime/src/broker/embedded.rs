@@ -202,6 +202,14 @@ impl Broker for EmbeddedBroker {
         self.inner.lock().queue_depth(queue)
     }
 
+    async fn exchange_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        Ok(self.inner.lock().has_exchange(name))
+    }
+
+    async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        Ok(self.inner.lock().has_queue(name))
+    }
+
     fn is_connected(&self) -> bool {
         true
     }

@@ -351,6 +351,14 @@ impl State {
         Ok(())
     }
 
+    pub(super) fn has_exchange(&self, name: &str) -> bool {
+        name.is_empty() || self.exchanges.contains_key(name)
+    }
+
+    pub(super) fn has_queue(&self, name: &str) -> bool {
+        self.queue_indexes.contains_key(name)
+    }
+
     pub(super) fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
         let index = self.queue_index(queue)?;
         let depth = self.queues[index].ready.len();
