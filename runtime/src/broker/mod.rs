@@ -153,6 +153,12 @@ pub trait Broker: Send + Sync {
     /// Returns the number of ready messages in `queue`.
     async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError>;
 
+    /// Reports whether an exchange exists, without changing anything.
+    async fn exchange_exists(&self, name: &str) -> Result<bool, BrokerError>;
+
+    /// Reports whether a queue exists, without changing anything.
+    async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError>;
+
     /// Reports whether the broker is connected now.
     fn is_connected(&self) -> bool;
 }
@@ -254,6 +260,14 @@ impl Broker for Deferred {
 
     async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
         self.get()?.queue_depth(queue).await
+    }
+
+    async fn exchange_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        self.get()?.exchange_exists(name).await
+    }
+
+    async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        self.get()?.queue_exists(name).await
     }
 
     fn is_connected(&self) -> bool {
