@@ -10,6 +10,8 @@ use std::sync::Arc;
 use jsonschema::{Draft, Registry, Validator};
 use serde_json::Value;
 
+pub mod compat;
+
 use crate::manifest::{Manifest, Problem};
 
 /// One violation of an event schema.
