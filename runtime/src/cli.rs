@@ -166,7 +166,8 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
                 println!("             {detail}");
             }
         }
-        let count = |wanted: fn(&Action) -> bool| steps.iter().filter(|s| wanted(&s.action)).count();
+        let count =
+            |wanted: fn(&Action) -> bool| steps.iter().filter(|s| wanted(&s.action)).count();
         println!(
             "  {} to create, {} unchanged, {} bindings to ensure, {} conflicts\n",
             count(|a| *a == Action::Create),
@@ -175,7 +176,11 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             count(|a| matches!(a, Action::Conflict(_))),
         );
     }
-    Ok(if conflicts > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if conflicts > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
@@ -195,12 +200,17 @@ fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(system::publish_once(&manifests, &event_type, data));
     keep_until_exit(runtime);
     let event = result?;
-    println!("{}", serde_json::json!({ "id": event.id, "type": event.event_type }));
+    println!(
+        "{}",
+        serde_json::json!({ "id": event.id, "type": event.event_type })
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let loaded = manifest::load(&args.manifests, Purpose::Check, &|name| std::env::var(name).ok());
+    let loaded = manifest::load(&args.manifests, Purpose::Check, &|name| {
+        std::env::var(name).ok()
+    });
     let mut problems = loaded.problems;
     let manifest = loaded.manifest;
 
@@ -219,7 +229,10 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             problems.push(
                 Problem::error(
                     "handler-invalid",
-                    format!("handler `{}` of consumer `{name}` is not usable: {reason}", path.display()),
+                    format!(
+                        "handler `{}` of consumer `{name}` is not usable: {reason}",
+                        path.display()
+                    ),
                 )
                 .at(entry.file, entry.def.handler.span())
                 .hint("build it as a component of the world in handlers/wit"),
@@ -228,14 +241,25 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(dir) = &args.against {
-        problems.extend(compare_schemas(&manifest, &args.manifests, dir, args.compat));
+        problems.extend(compare_schemas(
+            &manifest,
+            &args.manifests,
+            dir,
+            args.compat,
+        ));
     }
 
-    let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+    let errors = problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .count();
     let warnings = problems.len() - errors;
     match args.format {
         OutputFormat::Json => {
-            let records: Vec<_> = problems.iter().map(|p| manifest::record(p, &manifest.files)).collect();
+            let records: Vec<_> = problems
+                .iter()
+                .map(|p| manifest::record(p, &manifest.files))
+                .collect();
             println!("{}", serde_json::json!({ "problems": records }));
         }
         OutputFormat::Text => {
@@ -244,7 +268,11 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let failed = errors > 0 || (args.deny_warnings && warnings > 0);
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Compares every event schema with the same event's schema in an older
@@ -260,7 +288,10 @@ fn compare_schemas(
         return vec![
             Problem::warning(
                 "against-manifest-not-found",
-                format!("`{}` does not exist, so no schema was compared", missing.display()),
+                format!(
+                    "`{}` does not exist, so no schema was compared",
+                    missing.display()
+                ),
             )
             .hint("pass the root of an older checkout of this repository to `--against`"),
         ];
@@ -269,9 +300,10 @@ fn compare_schemas(
 
     let mut problems = Vec::new();
     for (event_type, entry) in &manifest.events {
-        let (Some(new_path), Some(old_path)) =
-            (manifest.schema_path(event_type), old.schema_path(event_type))
-        else {
+        let (Some(new_path), Some(old_path)) = (
+            manifest.schema_path(event_type),
+            old.schema_path(event_type),
+        ) else {
             continue;
         };
         let read = |path: &std::path::Path| -> Option<serde_json::Value> {
@@ -306,7 +338,9 @@ fn relative(path: &std::path::Path) -> PathBuf {
         return path.to_path_buf();
     }
     let cwd = std::env::current_dir().unwrap_or_default();
-    path.strip_prefix(&cwd).map(std::path::Path::to_path_buf).unwrap_or_else(|_| path.to_path_buf())
+    path.strip_prefix(&cwd)
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Returns the manifest's JSON Schema as draft-07, which editors' TOML

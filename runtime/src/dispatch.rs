@@ -152,7 +152,10 @@ pub async fn run_consumer(
     let mut failures = 0u32;
     loop {
         if handler.borrow().is_none() {
-            let file = consumer.handler_path.as_deref().unwrap_or(std::path::Path::new("?"));
+            let file = consumer
+                .handler_path
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"));
             let detail = format!(
                 "waiting for handler `{}` (still compiling, or missing or invalid: see the log)",
                 file.display()
@@ -166,7 +169,11 @@ pub async fn run_consumer(
             }
         }
 
-        let tag = format!("switchyard-{}-{}", consumer.name, uuid::Uuid::new_v4().simple());
+        let tag = format!(
+            "switchyard-{}-{}",
+            consumer.name,
+            uuid::Uuid::new_v4().simple()
+        );
         let deliveries = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = consumer.broker.consume(&consumer.queue, &tag, consumer.prefetch) => result,
@@ -178,7 +185,9 @@ pub async fn run_consumer(
                 let delay = backoff(failures);
                 tracing::warn!(consumer = %consumer.name, queue = %consumer.queue, error = %err,
                     retry_in = ?delay, "cannot start consumer");
-                services.readiness.set(&check, false, format!("cannot consume: {err}"));
+                services
+                    .readiness
+                    .set(&check, false, format!("cannot consume: {err}"));
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => continue,
@@ -196,7 +205,11 @@ pub async fn run_consumer(
         }
         tracing::warn!(consumer = %consumer.name, queue = %consumer.queue,
             "broker ended the consumer; subscribing again");
-        services.readiness.set(&check, false, "broker ended the consumer; subscribing again");
+        services.readiness.set(
+            &check,
+            false,
+            "broker ended the consumer; subscribing again",
+        );
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -271,8 +284,14 @@ async fn consume(
 #[derive(Debug, PartialEq, Eq)]
 enum Disposition {
     Ack,
-    Retry { attempt: u32 },
-    DeadLetter { reason: String, label: &'static str, attempt: u32 },
+    Retry {
+        attempt: u32,
+    },
+    DeadLetter {
+        reason: String,
+        label: &'static str,
+        attempt: u32,
+    },
 }
 
 /// Handles one delivery from decode to acknowledgement.
@@ -300,7 +319,9 @@ async fn process(
             // leave the input for another attempt rather than lose the output.
             tracing::warn!(consumer = %consumer.name, error = %err,
                 "publishing emitted events failed; the event will be retried");
-            Disposition::Retry { attempt: previous + 1 }
+            Disposition::Retry {
+                attempt: previous + 1,
+            }
         }
     };
     let disposition = match disposition {
@@ -331,7 +352,12 @@ async fn decide(
     };
     let event = match event::decode(&delivery.message) {
         Ok(event) => event,
-        Err(err) => return Ok(dead_letter(format!("undecodable message: {err}"), "undecodable")),
+        Err(err) => {
+            return Ok(dead_letter(
+                format!("undecodable message: {err}"),
+                "undecodable",
+            ));
+        }
     };
     match services.schemas.validate(&event.event_type, &event.data) {
         Ok(()) => {}
@@ -345,7 +371,10 @@ async fn decide(
 
     let attempt = previous + 1;
     let started = Instant::now();
-    let result = services.host.call(handler, &consumer.context, &event, attempt).await;
+    let result = services
+        .host
+        .call(handler, &consumer.context, &event, attempt)
+        .await;
     metrics::histogram!(telemetry::HANDLER_DURATION, "consumer" => consumer.name.to_string())
         .record(started.elapsed().as_secs_f64());
 
@@ -376,7 +405,9 @@ async fn decide(
     for output in emitted {
         let mut follow_up = Event::new(&output.event_type, &consumer.source, output.data);
         if let Some(parent) = event.extensions.get("traceparent") {
-            follow_up.extensions.insert("traceparent".into(), parent.clone());
+            follow_up
+                .extensions
+                .insert("traceparent".into(), parent.clone());
         }
         services.publisher.publish(&follow_up).await?;
     }
@@ -396,7 +427,8 @@ async fn settle(consumer: &Consumer, delivery: Delivery, disposition: Dispositio
         }
         Disposition::Retry { attempt } => {
             let mut copy = delivery.message.clone();
-            copy.headers.insert(ATTEMPT_HEADER.into(), HeaderValue::Int(attempt.into()));
+            copy.headers
+                .insert(ATTEMPT_HEADER.into(), HeaderValue::Int(attempt.into()));
             copy.headers
                 .insert(ROUTING_KEY_HEADER.into(), copy.routing_key.clone().into());
             copy.routing_key = consumer.retry_queue.clone();
@@ -415,9 +447,11 @@ async fn settle(consumer: &Consumer, delivery: Delivery, disposition: Dispositio
                 }
             }
         }
-        Disposition::DeadLetter { reason, label, attempt } => {
-            dead_letter(consumer, delivery, reason, label, attempt).await
-        }
+        Disposition::DeadLetter {
+            reason,
+            label,
+            attempt,
+        } => dead_letter(consumer, delivery, reason, label, attempt).await,
     };
     if let Err(err) = result {
         // The broker redelivers an unacknowledged message, so at worst the
@@ -438,14 +472,19 @@ async fn dead_letter(
     copy.headers.insert(REASON_HEADER.into(), reason.into());
     copy.headers
         .insert(CONSUMER_HEADER.into(), consumer.name.to_string().into());
-    copy.headers.insert(ATTEMPT_HEADER.into(), HeaderValue::Int(attempt.into()));
+    copy.headers
+        .insert(ATTEMPT_HEADER.into(), HeaderValue::Int(attempt.into()));
     copy.headers.remove(ROUTING_KEY_HEADER);
     copy.expiration = None;
     if let Some(key) = &consumer.dead_letter_routing_key {
         copy.routing_key = key.clone();
     }
     let name = consumer.name.to_string();
-    match consumer.broker.publish(&consumer.dead_letter_exchange, copy).await {
+    match consumer
+        .broker
+        .publish(&consumer.dead_letter_exchange, copy)
+        .await
+    {
         Ok(()) => {
             metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name.clone(), "outcome" => "dead_lettered")
                 .increment(1);

@@ -99,7 +99,10 @@ fn encode_structured(event: &Event, routing_key: &str) -> Message {
     if let Some(subject) = &event.subject {
         body.insert("subject".into(), subject.clone().into());
     }
-    let content_type = event.data_content_type.as_deref().unwrap_or(JSON_CONTENT_TYPE);
+    let content_type = event
+        .data_content_type
+        .as_deref()
+        .unwrap_or(JSON_CONTENT_TYPE);
     body.insert("datacontenttype".into(), content_type.into());
     for (name, value) in &event.extensions {
         body.insert(name.clone(), value.clone().into());
@@ -246,9 +249,12 @@ fn decode_structured(mut object: Map<String, Value>) -> Result<Event, DecodeErro
 fn is_legacy_envelope(object: &Map<String, Value>) -> bool {
     object.get("type").is_some_and(Value::is_string)
         && object.contains_key("data")
-        && object
-            .keys()
-            .all(|key| matches!(key.as_str(), "id" | "type" | "timestamp" | "data" | "source"))
+        && object.keys().all(|key| {
+            matches!(
+                key.as_str(),
+                "id" | "type" | "timestamp" | "data" | "source"
+            )
+        })
 }
 
 fn decode_legacy(mut object: Map<String, Value>, message: &Message) -> Result<Event, DecodeError> {
@@ -307,8 +313,10 @@ fn message_id_or_new(message: &Message) -> String {
 }
 
 fn rfc3339_from_millis(millis: i64) -> Option<String> {
-    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok()?;
-    time.format(&time::format_description::well_known::Rfc3339).ok()
+    let time =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok()?;
+    time.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 /// Reports whether a content type carries JSON (`application/json`,
@@ -329,8 +337,14 @@ mod tests {
     use serde_json::json;
 
     fn order() -> Event {
-        let mut event = Event::new("order.placed", "/shop/order-service", json!({"orderId": "o-1"}));
-        event.extensions.insert("traceparent".into(), "00-abc-def-01".into());
+        let mut event = Event::new(
+            "order.placed",
+            "/shop/order-service",
+            json!({"orderId": "o-1"}),
+        );
+        event
+            .extensions
+            .insert("traceparent".into(), "00-abc-def-01".into());
         event
     }
 
@@ -338,7 +352,10 @@ mod tests {
     fn structured_round_trip() {
         let event = order();
         let message = encode(&event, WireFormat::Structured, "order.placed");
-        assert_eq!(message.content_type.as_deref(), Some(STRUCTURED_CONTENT_TYPE));
+        assert_eq!(
+            message.content_type.as_deref(),
+            Some(STRUCTURED_CONTENT_TYPE)
+        );
         assert_eq!(decode(&message).unwrap(), event);
     }
 
@@ -395,8 +412,12 @@ mod tests {
         message.body = Bytes::from_static(br#"{"specversion":"1.0","source":"s","type":"t"}"#);
         assert_eq!(decode(&message), Err(DecodeError::MissingAttribute("id")));
 
-        message.body = Bytes::from_static(br#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#);
-        assert!(matches!(decode(&message), Err(DecodeError::UnsupportedVersion(_))));
+        message.body =
+            Bytes::from_static(br#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#);
+        assert!(matches!(
+            decode(&message),
+            Err(DecodeError::UnsupportedVersion(_))
+        ));
 
         message.body = Bytes::from_static(&[0xff, 0xfe, 0x00]);
         assert!(matches!(decode(&message), Err(DecodeError::InvalidJson(_))));

@@ -59,8 +59,11 @@ pub fn router(ingress: Ingress, producers: Vec<Producer>) -> Router {
         let method = producer.method.clone();
         let producer = Arc::new(producer);
         let route: MethodRouter<Arc<Ingress>> = on(
-            axum::routing::MethodFilter::try_from(method).unwrap_or(axum::routing::MethodFilter::POST),
-            move |State(state): State<Arc<Ingress>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>| {
+            axum::routing::MethodFilter::try_from(method)
+                .unwrap_or(axum::routing::MethodFilter::POST),
+            move |State(state): State<Arc<Ingress>>,
+                  headers: HeaderMap,
+                  body: Result<Bytes, BytesRejection>| {
                 let producer = producer.clone();
                 async move { produce(&state, &producer, &headers, body).await }
             },
@@ -79,8 +82,16 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(state): State<Arc<Ingress>>) -> Response {
     let (ready, checks) = state.readiness.snapshot();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({ "ready": ready, "checks": checks }))).into_response()
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({ "ready": ready, "checks": checks })),
+    )
+        .into_response()
 }
 
 async fn render_metrics(State(state): State<Arc<Ingress>>) -> Response {
@@ -95,7 +106,12 @@ async fn render_metrics(State(state): State<Arc<Ingress>>) -> Response {
 }
 
 async fn not_found() -> Response {
-    problem(StatusCode::NOT_FOUND, "Not Found", "no route for this path", None)
+    problem(
+        StatusCode::NOT_FOUND,
+        "Not Found",
+        "no route for this path",
+        None,
+    )
 }
 
 /// Handles one producer request: checks, envelope, validation, confirmed publish.
@@ -138,18 +154,34 @@ async fn accept(
         return Err(problem(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Unsupported Media Type",
-            &format!("content type `{content_type}` is not JSON; send `Content-Type: application/json`"),
+            &format!(
+                "content type `{content_type}` is not JSON; send `Content-Type: application/json`"
+            ),
             None,
         ));
     }
     let body = body.map_err(|rejection| {
         let status = rejection.status();
         let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!("body is larger than the limit of {} bytes", state.body_limit)
+            format!(
+                "body is larger than the limit of {} bytes",
+                state.body_limit
+            )
         } else {
             rejection.body_text()
         };
-        problem(status, status.canonical_reason().unwrap_or("Bad Request"), &detail, None)
+        let mut response = problem(
+            status,
+            status.canonical_reason().unwrap_or("Bad Request"),
+            &detail,
+            None,
+        );
+        // The unread rest of the body is still on the connection, so the
+        // server closes it; say so, or keep-alive clients reuse a dead one.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
     })?;
     let mut data: Value = serde_json::from_slice(&body).map_err(|err| {
         if err.to_string().contains("recursion limit") {

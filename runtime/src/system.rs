@@ -47,7 +47,10 @@ pub fn load_for_run(paths: &[PathBuf]) -> anyhow::Result<(Manifest, Schemas)> {
     let manifest = loaded.manifest;
     let (schemas, problems) = Schemas::compile(&manifest);
     if !problems.is_empty() {
-        bail!("invalid schema:\n{}", manifest::render(&problems, &manifest.files));
+        bail!(
+            "invalid schema:\n{}",
+            manifest::render(&problems, &manifest.files)
+        );
     }
     Ok((manifest, schemas))
 }
@@ -78,7 +81,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let host = HandlerHost::new()
         .map_err(|err| anyhow::anyhow!("{err}"))?
         .with_cache_dir(cache_dir(&manifest));
-    let slots = Slots::new(manifest.consumers.keys().filter_map(|c| manifest.handler_path(c)));
+    let slots = Slots::new(
+        manifest
+            .consumers
+            .keys()
+            .filter_map(|c| manifest.handler_path(c)),
+    );
     let _watcher = reload::watch(host.clone(), slots.clone(), &manifest.handler_dirs())
         .context("cannot watch the handler folders")?;
     let loading = {
@@ -223,7 +231,10 @@ pub async fn publish_once(
     let (manifest, schemas) = load_for_run(paths)?;
     if !manifest.events.contains_key(event_type) {
         let known: Vec<&str> = manifest.events.keys().map(String::as_str).collect();
-        bail!("event type `{event_type}` is not defined; defined types: {}", known.join(", "));
+        bail!(
+            "event type `{event_type}` is not defined; defined types: {}",
+            known.join(", ")
+        );
     }
     if let Err(check) = schemas.validate(event_type, &data) {
         bail!("event not published: {check}");
@@ -306,7 +317,11 @@ impl BrokerStart {
         readiness.set(&check, false, "connecting");
         readiness.set("topology", false, "not provisioned yet");
         for consumer in &self.consumers {
-            readiness.set(format!("consumer:{}", consumer.name), false, "waiting for its broker");
+            readiness.set(
+                format!("consumer:{}", consumer.name),
+                false,
+                "waiting for its broker",
+            );
         }
 
         let broker = tokio::select! {
@@ -334,7 +349,11 @@ impl BrokerStart {
                         self.name,
                         text.join("\n")
                     );
-                    readiness.set("topology", false, "conflict with the broker's existing topology");
+                    readiness.set(
+                        "topology",
+                        false,
+                        "conflict with the broker's existing topology",
+                    );
                     let _ = self.fatal.send(message);
                     return;
                 }
@@ -368,7 +387,10 @@ impl BrokerStart {
 async fn connect(name: &str, target: &Target, readiness: &Readiness) -> Arc<dyn Broker> {
     match target {
         Target::Embedded(broker) => broker.clone(),
-        Target::Amqp { url, confirm_timeout } => {
+        Target::Amqp {
+            url,
+            confirm_timeout,
+        } => {
             let mut attempt = 0u32;
             loop {
                 attempt += 1;
@@ -396,7 +418,8 @@ async fn connect(name: &str, target: &Target, readiness: &Readiness) -> Arc<dyn 
 
 fn reconnect_delay(attempt: u32) -> Duration {
     let base = Duration::from_millis(500).saturating_mul(2u32.saturating_pow(attempt.min(6)));
-    base.min(Duration::from_secs(30)).mul_f64(rand::random_range(0.5..1.0))
+    base.min(Duration::from_secs(30))
+        .mul_f64(rand::random_range(0.5..1.0))
 }
 
 /// Returns the publish targets of every event type.

@@ -47,15 +47,21 @@ pub fn init_logging(format: LogFormat) {
 /// `/metrics`.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let buckets = [
-        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-        0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5, 5.0, 10.0,
     ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.to_owned()), &buckets)?
         .install_recorder()?;
     metrics::describe_counter!(EVENTS_PUBLISHED, "Publishes confirmed by the broker.");
-    metrics::describe_counter!(EVENTS_HANDLED, "Handler outcomes: ok, retry or dead_lettered.");
-    metrics::describe_counter!(EVENTS_DEAD_LETTERED, "Events sent to a dead-letter exchange.");
+    metrics::describe_counter!(
+        EVENTS_HANDLED,
+        "Handler outcomes: ok, retry or dead_lettered."
+    );
+    metrics::describe_counter!(
+        EVENTS_DEAD_LETTERED,
+        "Events sent to a dead-letter exchange."
+    );
     metrics::describe_histogram!(
         HANDLER_DURATION,
         metrics::Unit::Seconds,
@@ -98,6 +104,8 @@ impl Readiness {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Check>> {
-        self.checks.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.checks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }

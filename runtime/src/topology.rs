@@ -130,7 +130,10 @@ pub fn desired(manifest: &Manifest) -> BTreeMap<String, BrokerTopology> {
             name: name.clone(),
             kind: queue_kind(def.kind),
             durable: def.durable,
-            dead_letter_exchange: def.dead_letter.as_ref().map(|d| d.exchange.get_ref().clone()),
+            dead_letter_exchange: def
+                .dead_letter
+                .as_ref()
+                .map(|d| d.exchange.get_ref().clone()),
             dead_letter_routing_key: def.dead_letter.as_ref().and_then(|d| d.routing_key.clone()),
             message_ttl: def.message_ttl.map(|ttl| ttl.0),
         });
@@ -228,7 +231,10 @@ fn queue_kind(kind: QueueType) -> QueueKind {
 
 /// Declares a broker's desired state: exchanges, then queues, then bindings.
 /// Keeps going after a conflict so that all of them are reported at once.
-pub async fn provision(broker: &dyn Broker, topology: &BrokerTopology) -> Result<(), Vec<BrokerError>> {
+pub async fn provision(
+    broker: &dyn Broker,
+    topology: &BrokerTopology,
+) -> Result<(), Vec<BrokerError>> {
     let mut errors = Vec::new();
     for exchange in &topology.exchanges {
         if let Err(err) = broker.declare_exchange(exchange).await {
@@ -248,7 +254,11 @@ pub async fn provision(broker: &dyn Broker, topology: &BrokerTopology) -> Result
             errors.push(err);
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// What provisioning would do to one entity.
@@ -277,7 +287,10 @@ pub struct Step {
 /// An existing exchange or queue is declared again with the wanted
 /// properties, which changes nothing when they are equal and fails with a
 /// conflict when they differ.
-pub async fn plan(broker: &dyn Broker, topology: &BrokerTopology) -> Result<Vec<Step>, BrokerError> {
+pub async fn plan(
+    broker: &dyn Broker,
+    topology: &BrokerTopology,
+) -> Result<Vec<Step>, BrokerError> {
     let mut steps = Vec::new();
     for exchange in &topology.exchanges {
         let action = if broker.exchange_exists(&exchange.name).await? {
@@ -311,8 +324,15 @@ pub async fn plan(broker: &dyn Broker, topology: &BrokerTopology) -> Result<Vec<
         });
         steps.push(Step {
             kind: "binding",
-            name: format!("{} -> {} ({:?})", binding.exchange, binding.queue, binding.routing_key),
-            action: if new_end { Action::Create } else { Action::Ensure },
+            name: format!(
+                "{} -> {} ({:?})",
+                binding.exchange, binding.queue, binding.routing_key
+            ),
+            action: if new_end {
+                Action::Create
+            } else {
+                Action::Ensure
+            },
         });
     }
     Ok(steps)

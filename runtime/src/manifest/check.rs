@@ -18,6 +18,7 @@ pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut V
 
 /// Reports `name` when it is not a key of `defined`, with the closest key as a hint.
 fn require<T>(
+    broken: &[(&'static str, String)],
     problems: &mut Vec<Problem>,
     file: usize,
     name: &Spanned<String>,
@@ -27,13 +28,24 @@ fn require<T>(
     if defined.contains_key(name.get_ref()) {
         return true;
     }
+    if broken
+        .iter()
+        .any(|(k, n)| *k == kind && n == name.get_ref())
+    {
+        // Its own parse problem is reported already.
+        return false;
+    }
     let hint = match closest(name.get_ref(), defined.keys()) {
         Some(candidate) => format!("did you mean `{candidate}`?"),
         None if defined.is_empty() => format!("define a `[{kind}s.{}]` table", name.get_ref()),
         None => format!(
             "define `[{kind}s.{}]` or use one of: {}",
             name.get_ref(),
-            defined.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+            defined
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     problems.push(
@@ -86,12 +98,33 @@ fn same_broker(
 fn exchanges(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.exchanges {
         let def = &entry.def;
-        require(problems, entry.file, &def.broker, "broker", &manifest.brokers);
+        require(
+            &manifest.broken,
+            problems,
+            entry.file,
+            &def.broker,
+            "broker",
+            &manifest.brokers,
+        );
         if let Some(alternate) = &def.alternate_exchange
-            && require(problems, entry.file, alternate, "exchange", &manifest.exchanges)
+            && require(
+                &manifest.broken,
+                problems,
+                entry.file,
+                alternate,
+                "exchange",
+                &manifest.exchanges,
+            )
         {
             let user = format!("exchange `{name}`");
-            same_broker(manifest, problems, entry.file, alternate, def.broker.get_ref(), &user);
+            same_broker(
+                manifest,
+                problems,
+                entry.file,
+                alternate,
+                def.broker.get_ref(),
+                &user,
+            );
         }
     }
 }
@@ -99,10 +132,24 @@ fn exchanges(manifest: &Manifest, problems: &mut Vec<Problem>) {
 fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.queues {
         let def = &entry.def;
-        require(problems, entry.file, &def.broker, "broker", &manifest.brokers);
+        require(
+            &manifest.broken,
+            problems,
+            entry.file,
+            &def.broker,
+            "broker",
+            &manifest.brokers,
+        );
         let user = format!("queue `{name}`");
         for binding in &def.bind {
-            if require(problems, entry.file, &binding.exchange, "exchange", &manifest.exchanges) {
+            if require(
+                &manifest.broken,
+                problems,
+                entry.file,
+                &binding.exchange,
+                "exchange",
+                &manifest.exchanges,
+            ) {
                 same_broker(
                     manifest,
                     problems,
@@ -114,7 +161,14 @@ fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
             }
         }
         if let Some(dead_letter) = &def.dead_letter
-            && require(problems, entry.file, &dead_letter.exchange, "exchange", &manifest.exchanges)
+            && require(
+                &manifest.broken,
+                problems,
+                entry.file,
+                &dead_letter.exchange,
+                "exchange",
+                &manifest.exchanges,
+            )
         {
             same_broker(
                 manifest,
@@ -131,7 +185,14 @@ fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
 fn events(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for entry in manifest.events.values() {
         for target in entry.def.publish.as_slice() {
-            require(problems, entry.file, &target.exchange, "exchange", &manifest.exchanges);
+            require(
+                &manifest.broken,
+                problems,
+                entry.file,
+                &target.exchange,
+                "exchange",
+                &manifest.exchanges,
+            );
         }
     }
 }
@@ -151,10 +212,14 @@ pub fn parse_route(route: &str) -> Result<(String, String), String> {
         ));
     }
     if !path.starts_with('/') {
-        return Err(format!("invalid path `{path}` in route `{route}`; a path starts with `/`"));
+        return Err(format!(
+            "invalid path `{path}` in route `{route}`; a path starts with `/`"
+        ));
     }
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return Err(format!("path `{path}` is reserved for the runtime's own endpoints"));
+        return Err(format!(
+            "path `{path}` is reserved for the runtime's own endpoints"
+        ));
     }
     Ok((method, path.to_owned()))
 }
@@ -163,7 +228,14 @@ fn producers(manifest: &Manifest, problems: &mut Vec<Problem>) {
     let mut routes: BTreeMap<(String, String), &str> = BTreeMap::new();
     for (name, entry) in &manifest.producers {
         let def = &entry.def;
-        require(problems, entry.file, &def.event, "event", &manifest.events);
+        require(
+            &manifest.broken,
+            problems,
+            entry.file,
+            &def.event,
+            "event",
+            &manifest.events,
+        );
         match parse_route(def.http.get_ref()) {
             Ok(route) => {
                 if let Some(first) = routes.insert(route.clone(), name) {
@@ -181,9 +253,8 @@ fn producers(manifest: &Manifest, problems: &mut Vec<Problem>) {
                 }
             }
             Err(message) => {
-                problems.push(
-                    Problem::error("invalid-route", message).at(entry.file, def.http.span()),
-                );
+                problems
+                    .push(Problem::error("invalid-route", message).at(entry.file, def.http.span()));
             }
         }
     }
@@ -192,7 +263,14 @@ fn producers(manifest: &Manifest, problems: &mut Vec<Problem>) {
 fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.consumers {
         let def = &entry.def;
-        if require(problems, entry.file, &def.queue, "queue", &manifest.queues) {
+        if require(
+            &manifest.broken,
+            problems,
+            entry.file,
+            &def.queue,
+            "queue",
+            &manifest.queues,
+        ) {
             let queue = &manifest.queues[def.queue.get_ref()];
             if queue.def.dead_letter.is_none() {
                 problems.push(
@@ -223,9 +301,12 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
         }
         if def.concurrency == 0 {
             problems.push(
-                Problem::error("invalid-value", format!("consumer `{name}` has `concurrency = 0`"))
-                    .in_file(entry.file)
-                    .hint("set at least 1: the number of handler calls running at once"),
+                Problem::error(
+                    "invalid-value",
+                    format!("consumer `{name}` has `concurrency = 0`"),
+                )
+                .in_file(entry.file)
+                .hint("set at least 1: the number of handler calls running at once"),
             );
         }
         let path = manifest.handler_path(name).unwrap_or_default();

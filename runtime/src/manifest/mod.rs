@@ -4,6 +4,7 @@
 mod check;
 mod interpolate;
 mod model;
+mod parse;
 mod problem;
 mod values;
 
@@ -50,6 +51,8 @@ pub struct Manifest {
     pub events: BTreeMap<String, Entry<EventDef>>,
     pub producers: BTreeMap<String, Entry<ProducerDef>>,
     pub consumers: BTreeMap<String, Entry<ConsumerDef>>,
+    /// Entries that are defined but did not parse, as `(kind, name)`.
+    pub broken: Vec<(&'static str, String)>,
     /// Expanded `url` of each broker, by broker name.
     pub broker_urls: BTreeMap<String, String>,
     schema_dirs: Vec<PathBuf>,
@@ -106,7 +109,9 @@ impl Manifest {
 
     /// Returns the broker that holds a queue.
     pub fn queue_broker(&self, queue: &str) -> Option<&str> {
-        self.queues.get(queue).map(|q| q.def.broker.get_ref().as_str())
+        self.queues
+            .get(queue)
+            .map(|q| q.def.broker.get_ref().as_str())
     }
 
     /// Returns the broker that holds an exchange.
@@ -153,15 +158,10 @@ pub fn load(
         });
         let file = &manifest.files[index];
 
-        let parsed: ManifestFile = match toml::from_str(&file.text) {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                problems.push(parse_problem(index, &err));
-                manifest.schema_dirs.push(file.folder().join("../schemas"));
-                manifest.handler_dirs.push(file.folder().join("../handlers"));
-                continue;
-            }
-        };
+        let parsed = parse::parse(index, &file.text);
+        problems.extend(parsed.problems);
+        manifest.broken.extend(parsed.broken);
+        let parsed = parsed.manifest;
         merge(
             &mut manifest,
             index,
@@ -177,29 +177,6 @@ pub fn load(
     expand_variables(&mut manifest, purpose, lookup, &mut problems);
     check::references(&manifest, purpose, &mut problems);
     Loaded { manifest, problems }
-}
-
-fn parse_problem(file: usize, err: &toml::de::Error) -> Problem {
-    let message = err.message().trim().to_owned();
-    let (code, hint) = if message.starts_with("unknown field") {
-        (
-            "unknown-key",
-            "remove the key or correct its spelling; `switchyard schema` prints every valid key",
-        )
-    } else if message.starts_with("duplicate key") {
-        ("duplicate-key", "keep one of the two definitions")
-    } else if message.starts_with("invalid type") || message.starts_with("unknown variant") {
-        ("invalid-value", "see `switchyard schema` for the expected type")
-    } else if message.starts_with("missing field") {
-        ("missing-key", "add the key; `switchyard schema` describes it")
-    } else {
-        ("invalid-toml", "fix the TOML syntax at this position")
-    };
-    let problem = Problem::error(code, message).hint(hint);
-    match err.span() {
-        Some(span) => problem.at(file, span),
-        None => problem.in_file(file),
-    }
 }
 
 fn merge(
@@ -254,12 +231,54 @@ fn merge(
     }
 
     let files = &manifest.files;
-    insert_all(&mut manifest.brokers, "broker", parsed.brokers, index, files, problems);
-    insert_all(&mut manifest.exchanges, "exchange", parsed.exchanges, index, files, problems);
-    insert_all(&mut manifest.queues, "queue", parsed.queues, index, files, problems);
-    insert_all(&mut manifest.events, "event", parsed.events, index, files, problems);
-    insert_all(&mut manifest.producers, "producer", parsed.producers, index, files, problems);
-    insert_all(&mut manifest.consumers, "consumer", parsed.consumers, index, files, problems);
+    insert_all(
+        &mut manifest.brokers,
+        "broker",
+        parsed.brokers,
+        index,
+        files,
+        problems,
+    );
+    insert_all(
+        &mut manifest.exchanges,
+        "exchange",
+        parsed.exchanges,
+        index,
+        files,
+        problems,
+    );
+    insert_all(
+        &mut manifest.queues,
+        "queue",
+        parsed.queues,
+        index,
+        files,
+        problems,
+    );
+    insert_all(
+        &mut manifest.events,
+        "event",
+        parsed.events,
+        index,
+        files,
+        problems,
+    );
+    insert_all(
+        &mut manifest.producers,
+        "producer",
+        parsed.producers,
+        index,
+        files,
+        problems,
+    );
+    insert_all(
+        &mut manifest.consumers,
+        "consumer",
+        parsed.consumers,
+        index,
+        files,
+        problems,
+    );
 }
 
 fn insert_all<T>(

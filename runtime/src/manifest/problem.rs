@@ -124,8 +124,8 @@ pub fn record(problem: &Problem, files: &[SourceFile]) -> ProblemRecord {
 /// Renders problems for a terminal: a header line with the position, the
 /// offending source line, and the hint.
 pub fn render(problems: &[Problem], files: &[SourceFile]) -> String {
-    let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
-        .with_width(100);
+    let handler =
+        GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
     let mut out = String::new();
     for problem in problems {
         let file = problem.file.and_then(|index| files.get(index));

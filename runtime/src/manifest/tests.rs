@@ -66,10 +66,15 @@ fn reference_manifest_loads_cleanly() {
 
 #[test]
 fn unknown_key_reported_with_position() {
-    let text = format!("{BASE}\n[consumers.c]\nqueue = \"work\"\nhandler = \"h.wasm\"\nprefetc = 3\n");
+    let text =
+        format!("{BASE}\n[consumers.c]\nqueue = \"work\"\nhandler = \"h.wasm\"\nprefetc = 3\n");
     let loaded = load_texts(&[&text], Purpose::Run);
     assert_eq!(codes(&loaded), ["unknown-key"]);
-    assert!(loaded.problems[0].message.contains("prefetc"), "{}", loaded.render());
+    assert!(
+        loaded.problems[0].message.contains("prefetc"),
+        "{}",
+        loaded.render()
+    );
     let line = text.lines().position(|l| l.starts_with("prefetc")).unwrap() + 1;
     assert_eq!(position(&loaded, 0), (line, 1));
 }
@@ -96,9 +101,17 @@ handler = "h.wasm"
     let loaded = load_texts(&[text], Purpose::Run);
     assert_eq!(
         codes(&loaded),
-        ["undefined-broker", "undefined-exchange", "undefined-exchange", "undefined-queue"]
+        [
+            "undefined-broker",
+            "undefined-exchange",
+            "undefined-exchange",
+            "undefined-queue"
+        ]
     );
-    assert_eq!(loaded.problems[0].hint.as_deref(), Some("did you mean `rabbit`?"));
+    assert_eq!(
+        loaded.problems[0].hint.as_deref(),
+        Some("did you mean `rabbit`?")
+    );
     assert_eq!(position(&loaded, 0), (7, 10));
     assert_eq!(position(&loaded, 3), (15, 9));
 }
@@ -170,6 +183,50 @@ fn invalid_duration_names_value() {
         "{BASE}\n[consumers.c]\nqueue = \"work\"\nhandler = \"h.wasm\"\nlimits = {{ timeout = \"2 fortnights\" }}\n"
     );
     let loaded = load_texts(&[&text], Purpose::Run);
-    assert_eq!(codes(&loaded), ["invalid-toml"]);
-    assert!(loaded.problems[0].message.contains("`2 fortnights`"), "{}", loaded.render());
+    assert_eq!(codes(&loaded), ["invalid-value"]);
+    assert!(
+        loaded.problems[0].message.contains("`2 fortnights`"),
+        "{}",
+        loaded.render()
+    );
+}
+
+#[test]
+fn independent_faults_all_reported() {
+    let text = r#"
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://localhost"
+heartbeat = 5
+
+[exchanges.events]
+broker = "rabbit"
+type = "topik"
+
+[queues.work]
+broker = "rabbit"
+dead_letter = { exchange = "events" }
+
+[consumers.c]
+queue = "work"
+handler = "h.wasm"
+prefetch = "many"
+"#;
+    let loaded = load_texts(&[text], Purpose::Run);
+    assert_eq!(
+        codes(&loaded),
+        ["unknown-key", "invalid-value", "invalid-value"]
+    );
+    let lines: Vec<usize> = (0..3).map(|i| position(&loaded, i).0).collect();
+    assert_eq!(lines, [5, 9, 18]);
+}
+
+#[test]
+fn unknown_table_suggests_closest() {
+    let loaded = load_texts(&["[consumer.c]\nqueue = \"q\"\n"], Purpose::Run);
+    assert_eq!(codes(&loaded), ["unknown-key"]);
+    assert_eq!(
+        loaded.problems[0].hint.as_deref(),
+        Some("did you mean `[consumers]`?")
+    );
 }

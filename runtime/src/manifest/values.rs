@@ -77,8 +77,14 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!("5s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(5));
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
+        assert_eq!(
+            "5s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
         let err = "5 parsecs".parse::<HumanDuration>().unwrap_err();
         assert!(err.contains("`5 parsecs`"), "{err}");
     }

@@ -58,7 +58,11 @@ fn widened_or_equal(
 ) {
     let (Some(writer), Some(reader)) = (writer.as_object(), reader.as_object()) else {
         if writer != reader && reader == &Value::Bool(false) {
-            push(findings, pointer, format!("the {reader_name} schema rejects every value"));
+            push(
+                findings,
+                pointer,
+                format!("the {reader_name} schema rejects every value"),
+            );
         }
         return;
     };
@@ -68,7 +72,20 @@ fn widened_or_equal(
     enums(writer, reader, writer_name, reader_name, &mut report);
     lower_bounds(writer, reader, writer_name, reader_name, &mut report);
     upper_bounds(writer, reader, writer_name, reader_name, &mut report);
-    for keyword in ["pattern", "format", "const", "multipleOf", "$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else"] {
+    for keyword in [
+        "pattern",
+        "format",
+        "const",
+        "multipleOf",
+        "$ref",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "if",
+        "then",
+        "else",
+    ] {
         let (w, r) = (writer.get(keyword), reader.get(keyword));
         if r.is_some() && w != r {
             report(format!(
@@ -83,32 +100,61 @@ fn widened_or_equal(
 
     // Recurse into what both versions describe.
     let empty = Map::new();
-    let writer_properties = writer.get("properties").and_then(Value::as_object).unwrap_or(&empty);
-    let reader_properties = reader.get("properties").and_then(Value::as_object).unwrap_or(&empty);
+    let writer_properties = writer
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let reader_properties = reader
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     for (name, reader_schema) in reader_properties {
         let child = format!("{pointer}/{}", escape(name));
         match writer_properties.get(name) {
-            Some(writer_schema) => {
-                widened_or_equal(writer_schema, reader_schema, &child, writer_name, reader_name, findings)
-            }
+            Some(writer_schema) => widened_or_equal(
+                writer_schema,
+                reader_schema,
+                &child,
+                writer_name,
+                reader_name,
+                findings,
+            ),
             None => {
                 // The writer may send this property with any value when its
                 // schema leaves additional properties open.
                 if let Some(additional) = writer.get("additionalProperties")
                     && additional.is_object()
                 {
-                    widened_or_equal(additional, reader_schema, &child, writer_name, reader_name, findings);
+                    widened_or_equal(
+                        additional,
+                        reader_schema,
+                        &child,
+                        writer_name,
+                        reader_name,
+                        findings,
+                    );
                 }
             }
         }
     }
     if let (Some(w), Some(r)) = (writer.get("items"), reader.get("items")) {
-        widened_or_equal(w, r, &format!("{pointer}/*"), writer_name, reader_name, findings);
+        widened_or_equal(
+            w,
+            r,
+            &format!("{pointer}/*"),
+            writer_name,
+            reader_name,
+            findings,
+        );
     }
 }
 
 fn push(findings: &mut Vec<Finding>, pointer: &str, message: String) {
-    let pointer = if pointer.is_empty() { "/".to_owned() } else { pointer.to_owned() };
+    let pointer = if pointer.is_empty() {
+        "/".to_owned()
+    } else {
+        pointer.to_owned()
+    };
     findings.push(Finding { pointer, message });
 }
 
@@ -127,7 +173,11 @@ fn show(value: Option<&Value>) -> String {
 fn type_set(schema: &Map<String, Value>) -> Option<Vec<String>> {
     match schema.get("type")? {
         Value::String(one) => Some(vec![one.clone()]),
-        Value::Array(many) => Some(many.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()),
+        Value::Array(many) => Some(
+            many.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+        ),
         _ => None,
     }
 }
@@ -142,7 +192,11 @@ fn types(
     let Some(reader_types) = type_set(reader) else {
         return;
     };
-    let accepts = |t: &str| reader_types.iter().any(|r| r == t || (r == "number" && t == "integer"));
+    let accepts = |t: &str| {
+        reader_types
+            .iter()
+            .any(|r| r == t || (r == "number" && t == "integer"))
+    };
     match type_set(writer) {
         None => report(format!(
             "type is unrestricted in the {writer_name} schema but {:?} in the {reader_name} schema",
@@ -175,19 +229,40 @@ fn enums(
             Value::Array(reader_values.clone())
         )),
         Some(writer_values) => {
-            let missing: Vec<&Value> = writer_values.iter().filter(|v| !reader_values.contains(v)).collect();
+            let missing: Vec<&Value> = writer_values
+                .iter()
+                .filter(|v| !reader_values.contains(v))
+                .collect();
             if !missing.is_empty() {
                 report(format!(
                     "`enum` of the {reader_name} schema no longer allows {}",
-                    missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    missing
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }
     }
 }
 
-const LOWER_BOUNDS: [&str; 6] = ["minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties", "minContains"];
-const UPPER_BOUNDS: [&str; 6] = ["maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties", "maxContains"];
+const LOWER_BOUNDS: [&str; 6] = [
+    "minimum",
+    "exclusiveMinimum",
+    "minLength",
+    "minItems",
+    "minProperties",
+    "minContains",
+];
+const UPPER_BOUNDS: [&str; 6] = [
+    "maximum",
+    "exclusiveMaximum",
+    "maxLength",
+    "maxItems",
+    "maxProperties",
+    "maxContains",
+];
 
 fn lower_bounds(
     writer: &Map<String, Value>,
@@ -242,7 +317,11 @@ fn required(
         schema
             .get("required")
             .and_then(Value::as_array)
-            .map(|list| list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let writer_required = names(writer);
@@ -272,7 +351,10 @@ fn closed_properties(
         return;
     }
     let empty = Map::new();
-    let reader_properties = reader.get("properties").and_then(Value::as_object).unwrap_or(&empty);
+    let reader_properties = reader
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     if let Some(writer_properties) = writer.get("properties").and_then(Value::as_object) {
         for name in writer_properties.keys() {
             if !reader_properties.contains_key(name) {
@@ -326,26 +408,116 @@ mod tests {
         // (case, new schema, mode, pointers of the expected findings)
         let cases: Vec<(&str, Value, Compatibility, Vec<&str>)> = vec![
             ("unchanged", order(), Full, vec![]),
-            ("new required property", changed(|s| s["required"] = json!(["orderId", "items", "note"])), Backward, vec!["/"]),
-            ("new required property read by old consumers", changed(|s| s["required"] = json!(["orderId", "items", "note"])), Forward, vec![]),
-            ("dropped requirement", changed(|s| s["required"] = json!(["orderId"])), Backward, vec![]),
-            ("dropped requirement read by old consumers", changed(|s| s["required"] = json!(["orderId"])), Forward, vec!["/"]),
-            ("narrowed type", changed(|s| s["properties"]["total"]["type"] = json!("integer")), Backward, vec!["/total"]),
-            ("widened type", changed(|s| s["properties"]["items"]["items"]["properties"]["quantity"]["type"] = json!("number")), Backward, vec![]),
-            ("widened type read by old consumers", changed(|s| s["properties"]["items"]["items"]["properties"]["quantity"]["type"] = json!("number")), Forward, vec!["/items/*/quantity"]),
-            ("narrowed enum", changed(|s| s["properties"]["status"]["enum"] = json!(["new"])), Backward, vec!["/status"]),
-            ("widened enum", changed(|s| s["properties"]["status"]["enum"] = json!(["new", "paid", "sent"])), Backward, vec![]),
-            ("tightened minimum", changed(|s| s["properties"]["total"]["minimum"] = json!(1)), Backward, vec!["/total"]),
-            ("loosened minimum", changed(|s| s["properties"]["total"]["minimum"] = json!(-1)), Backward, vec![]),
-            ("new maximum", changed(|s| s["properties"]["total"]["maximum"] = json!(1000)), Backward, vec!["/total"]),
-            ("closed additional properties", changed(|s| s["additionalProperties"] = json!(false)), Backward, vec!["/"]),
-            ("new optional property", changed(|s| s["properties"]["coupon"] = json!({ "type": "string" })), Full, vec![]),
-            ("new pattern", changed(|s| s["properties"]["orderId"]["pattern"] = json!("^o-")), Backward, vec!["/orderId"]),
-            ("full catches both directions", changed(|s| s["required"] = json!(["orderId"])), Full, vec!["/"]),
+            (
+                "new required property",
+                changed(|s| s["required"] = json!(["orderId", "items", "note"])),
+                Backward,
+                vec!["/"],
+            ),
+            (
+                "new required property read by old consumers",
+                changed(|s| s["required"] = json!(["orderId", "items", "note"])),
+                Forward,
+                vec![],
+            ),
+            (
+                "dropped requirement",
+                changed(|s| s["required"] = json!(["orderId"])),
+                Backward,
+                vec![],
+            ),
+            (
+                "dropped requirement read by old consumers",
+                changed(|s| s["required"] = json!(["orderId"])),
+                Forward,
+                vec!["/"],
+            ),
+            (
+                "narrowed type",
+                changed(|s| s["properties"]["total"]["type"] = json!("integer")),
+                Backward,
+                vec!["/total"],
+            ),
+            (
+                "widened type",
+                changed(|s| {
+                    s["properties"]["items"]["items"]["properties"]["quantity"]["type"] =
+                        json!("number")
+                }),
+                Backward,
+                vec![],
+            ),
+            (
+                "widened type read by old consumers",
+                changed(|s| {
+                    s["properties"]["items"]["items"]["properties"]["quantity"]["type"] =
+                        json!("number")
+                }),
+                Forward,
+                vec!["/items/*/quantity"],
+            ),
+            (
+                "narrowed enum",
+                changed(|s| s["properties"]["status"]["enum"] = json!(["new"])),
+                Backward,
+                vec!["/status"],
+            ),
+            (
+                "widened enum",
+                changed(|s| s["properties"]["status"]["enum"] = json!(["new", "paid", "sent"])),
+                Backward,
+                vec![],
+            ),
+            (
+                "tightened minimum",
+                changed(|s| s["properties"]["total"]["minimum"] = json!(1)),
+                Backward,
+                vec!["/total"],
+            ),
+            (
+                "loosened minimum",
+                changed(|s| s["properties"]["total"]["minimum"] = json!(-1)),
+                Backward,
+                vec![],
+            ),
+            (
+                "new maximum",
+                changed(|s| s["properties"]["total"]["maximum"] = json!(1000)),
+                Backward,
+                vec!["/total"],
+            ),
+            (
+                "closed additional properties",
+                changed(|s| s["additionalProperties"] = json!(false)),
+                Backward,
+                vec!["/"],
+            ),
+            (
+                "new optional property",
+                changed(|s| s["properties"]["coupon"] = json!({ "type": "string" })),
+                Full,
+                vec![],
+            ),
+            (
+                "new pattern",
+                changed(|s| s["properties"]["orderId"]["pattern"] = json!("^o-")),
+                Backward,
+                vec!["/orderId"],
+            ),
+            (
+                "full catches both directions",
+                changed(|s| s["required"] = json!(["orderId"])),
+                Full,
+                vec!["/"],
+            ),
         ];
         for (case, new, mode, expected) in cases {
             let findings = compare(&order(), &new, mode);
-            assert_eq!(pointers(&findings), expected, "case `{case}`: {findings:#?}");
+            assert_eq!(
+                pointers(&findings),
+                expected,
+                "case `{case}`: {findings:#?}"
+            );
         }
     }
 
@@ -354,7 +526,15 @@ mod tests {
         let new = changed(|s| s["properties"]["total"]["minimum"] = json!(1));
         let findings = compare(&order(), &new, Compatibility::Backward);
         assert_eq!(findings.len(), 1);
-        assert!(findings[0].message.contains("from 0 in the old schema"), "{}", findings[0].message);
-        assert!(findings[0].message.contains("to 1 in the new schema"), "{}", findings[0].message);
+        assert!(
+            findings[0].message.contains("from 0 in the old schema"),
+            "{}",
+            findings[0].message
+        );
+        assert!(
+            findings[0].message.contains("to 1 in the new schema"),
+            "{}",
+            findings[0].message
+        );
     }
 }

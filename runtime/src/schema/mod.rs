@@ -75,9 +75,10 @@ impl Schemas {
         let mut registries: BTreeMap<PathBuf, Result<Registry<'static>, String>> = BTreeMap::new();
 
         for (event_type, entry) in &manifest.events {
-            let (Some(path), Some(dir)) =
-                (manifest.schema_path(event_type), manifest.schema_dir(event_type))
-            else {
+            let (Some(path), Some(dir)) = (
+                manifest.schema_path(event_type),
+                manifest.schema_dir(event_type),
+            ) else {
                 continue;
             };
             let at = |problem: Problem| problem.at(entry.file, entry.def.schema.span());
@@ -115,7 +116,10 @@ impl std::fmt::Display for SchemaCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SchemaCheck::UnknownType(event_type) => {
-                write!(f, "event type `{event_type}` is not defined in the manifest")
+                write!(
+                    f,
+                    "event type `{event_type}` is not defined in the manifest"
+                )
             }
             SchemaCheck::Invalid(violations) => {
                 let parts: Vec<String> = violations
@@ -176,8 +180,12 @@ fn compile_one(
     let text = std::fs::read_to_string(path).map_err(|err| {
         (
             "schema-not-found",
-            format!("cannot read schema `{}` of event `{event_type}`: {err}", path.display()),
-            "create the file or correct `schema`; paths are relative to the schemas folder".to_owned(),
+            format!(
+                "cannot read schema `{}` of event `{event_type}`: {err}",
+                path.display()
+            ),
+            "create the file or correct `schema`; paths are relative to the schemas folder"
+                .to_owned(),
         )
     })?;
     let schema: Value = serde_json::from_str(&text).map_err(|err| {

@@ -1,0 +1,161 @@
+//! Parsing one manifest file table by table, so that every fault in it is
+//! reported in one run instead of only the first one serde meets.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::{ManifestFile, Problem, closest};
+
+const SECTIONS: [&str; 7] = [
+    "runtime",
+    "brokers",
+    "exchanges",
+    "queues",
+    "events",
+    "producers",
+    "consumers",
+];
+
+/// What parsing one file produced.
+pub(super) struct Parsed {
+    pub manifest: ManifestFile,
+    pub problems: Vec<Problem>,
+    /// Entries that exist but did not parse, as `(kind, name)` with kinds
+    /// such as `broker`, so references to them are not reported again.
+    pub broken: Vec<(&'static str, String)>,
+}
+
+/// Parses a manifest, returning what parsed and a problem for each table
+/// entry that did not.
+pub(super) fn parse(file: usize, text: &str) -> Parsed {
+    let (root, syntax_errors) = DeTable::parse_recoverable(text);
+    let mut problems: Vec<Problem> = syntax_errors.iter().map(|e| problem(file, e)).collect();
+    let mut manifest = ManifestFile::default();
+    let mut broken = Vec::new();
+
+    for (key, value) in root.into_inner() {
+        let span = key.span();
+        let key = key.into_inner();
+        match key.as_ref() {
+            "runtime" => {
+                if let Some(runtime) = one(file, value, &mut problems) {
+                    manifest.runtime = runtime;
+                }
+            }
+            "brokers" => {
+                manifest.brokers = entries(file, "broker", value, &mut problems, &mut broken)
+            }
+            "exchanges" => {
+                manifest.exchanges = entries(file, "exchange", value, &mut problems, &mut broken)
+            }
+            "queues" => manifest.queues = entries(file, "queue", value, &mut problems, &mut broken),
+            "events" => manifest.events = entries(file, "event", value, &mut problems, &mut broken),
+            "producers" => {
+                manifest.producers = entries(file, "producer", value, &mut problems, &mut broken)
+            }
+            "consumers" => {
+                manifest.consumers = entries(file, "consumer", value, &mut problems, &mut broken)
+            }
+            other => {
+                let known: Vec<String> = SECTIONS.iter().map(|s| (*s).to_owned()).collect();
+                let hint = match closest(other, &known) {
+                    Some(candidate) => format!("did you mean `[{candidate}]`?"),
+                    None => format!("the tables of a manifest are {}", SECTIONS.join(", ")),
+                };
+                problems.push(
+                    Problem::error("unknown-key", format!("unknown table `{other}`"))
+                        .at(file, span)
+                        .hint(hint),
+                );
+            }
+        }
+    }
+    // The parsed table is not in document order; report top to bottom.
+    problems.sort_by_key(|problem| problem.span.as_ref().map(|span| span.start));
+    Parsed {
+        manifest,
+        problems,
+        broken,
+    }
+}
+
+/// Deserialises one value, recording its problem on failure.
+fn one<T: DeserializeOwned>(
+    file: usize,
+    value: Spanned<DeValue<'_>>,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match T::deserialize(ValueDeserializer::from(value)) {
+        Ok(parsed) => Some(parsed),
+        Err(err) => {
+            problems.push(problem(file, &err));
+            None
+        }
+    }
+}
+
+/// Deserialises each entry of a table such as `[consumers]` on its own, so
+/// one broken entry does not hide the problems of the others.
+fn entries<T: DeserializeOwned>(
+    file: usize,
+    kind: &'static str,
+    value: Spanned<DeValue<'_>>,
+    problems: &mut Vec<Problem>,
+    broken: &mut Vec<(&'static str, String)>,
+) -> BTreeMap<String, T> {
+    let span = value.span();
+    let DeValue::Table(table) = value.into_inner() else {
+        problems.push(
+            Problem::error("invalid-value", "expected a table of named entries")
+                .at(file, span)
+                .hint("write each entry as `[section.name]`"),
+        );
+        return BTreeMap::new();
+    };
+    let mut parsed = BTreeMap::new();
+    for (name, entry) in table {
+        let name = name.into_inner().into_owned();
+        match one(file, entry, problems) {
+            Some(def) => {
+                parsed.insert(name, def);
+            }
+            None => broken.push((kind, name)),
+        }
+    }
+    parsed
+}
+
+/// Turns a TOML or serde error into a problem with a code and a hint.
+pub(super) fn problem(file: usize, err: &toml::de::Error) -> Problem {
+    let message = err.message().trim().to_owned();
+    let (code, hint) = if message.starts_with("unknown field") {
+        (
+            "unknown-key",
+            "remove the key or correct its spelling; `switchyard schema` prints every valid key",
+        )
+    } else if message.starts_with("duplicate key") {
+        ("duplicate-key", "keep one of the two definitions")
+    } else if message.starts_with("invalid type") || message.starts_with("unknown variant") {
+        (
+            "invalid-value",
+            "see `switchyard schema` for the expected type",
+        )
+    } else if message.starts_with("missing field") {
+        (
+            "missing-key",
+            "add the key; `switchyard schema` describes it",
+        )
+    } else if message.starts_with("invalid duration") || message.starts_with("invalid size") {
+        ("invalid-value", "write a number and a unit")
+    } else {
+        ("invalid-toml", "fix the TOML syntax at this position")
+    };
+    let problem = Problem::error(code, message).hint(hint);
+    match err.span() {
+        Some(span) => problem.at(file, span),
+        None => problem.in_file(file),
+    }
+}
