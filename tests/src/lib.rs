@@ -1,1 +1,60 @@
+//! Harness for the end-to-end tests. It builds the `switchyard` binary once
+//! per test binary and gives each test binary its own RabbitMQ vhost. It
+//! runs `switchyard up` on a free loopback port and reads what the process
+//! did through HTTP, `/metrics`, its JSON log lines and lapin.
+//!
+//! Tests that talk to RabbitMQ expect it at `127.0.0.1:5672` with the
+//! `guest` user and `rabbitmqctl` on `PATH` (`bash .ci/run` starts it). A test
+//! that cannot reach it fails with a message naming what is missing.
 
+mod binary;
+mod logs;
+mod manifests;
+mod metrics;
+mod process;
+mod rabbitmq;
+pub mod shop;
+
+use std::path::{Path, PathBuf};
+
+pub use binary::switchyard_binary;
+pub use logs::{ChaosCall, LogLine};
+pub use manifests::{ChaosConsumer, chaos_manifest, queues_only_manifest};
+pub use metrics::Metrics;
+pub use process::{BrokerMode, Stopped, Switchyard, poll};
+pub use rabbitmq::{RabbitMq, ReceivedMessage, rabbitmq};
+
+/// Returns the repository root (the workspace folder).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package sits in a folder of the repository")
+}
+
+/// Returns the path of the shop manifest, `manifests/shop.toml`.
+pub fn shop_manifest() -> PathBuf {
+    repo_root().join("manifests/shop.toml")
+}
+
+/// Returns the path of a committed component and fails with the build
+/// command when it is missing. `relative` is relative to the repository
+/// root, such as `handlers/email.wasm`.
+pub fn component(relative: &str) -> anyhow::Result<PathBuf> {
+    let path = repo_root().join(relative);
+    anyhow::ensure!(
+        path.is_file(),
+        "component `{}` is missing; build it with `handlers/build.sh` (see handlers/README.md)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Serialises the tests of one test binary.
+///
+/// Tests in a binary share one vhost and often the same queue names, and
+/// several measure retry delays and deadlines that a parallel test on the
+/// same two cores would distort. Hold the guard for the whole test.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
