@@ -1,6 +1,9 @@
 //! The WebAssembly handler host: one `Engine` and `Linker`, an `InstancePre`
 //! per handler component, a fresh `Store` per call with a deadline and a
-//! memory cap.
+//! memory cap. Guests get WASI 0.2 with clocks and random, and their stdout
+//! and stderr go to the log; they get no filesystem, network or environment.
+
+mod output;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::event::Event;
 use crate::schema::Schemas;
+use output::{GuestOutput, Stream};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -236,7 +240,9 @@ impl HandlerHost {
     fn engine_key(&self) -> String {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
 
@@ -258,12 +264,19 @@ impl HandlerHost {
         event: &Event,
         attempt: u32,
     ) -> Result<Vec<Emitted>, CallError> {
+        let event_id: Arc<str> = Arc::from(event.id.as_str());
+        let stdout = GuestOutput::new(Stream::Stdout, context.consumer.clone(), event_id.clone());
+        let stderr = GuestOutput::new(Stream::Stderr, context.consumer.clone(), event_id);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(context.limits.memory).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)
             .build();
         let state = CallState {
-            wasi: WasiCtx::builder().build(),
+            wasi,
             table: ResourceTable::new(),
             limits,
             context: context.clone(),
@@ -276,22 +289,37 @@ impl HandlerHost {
         // never returns still lets the timeout below fire and other events run.
         store.epoch_deadline_async_yield_and_update(1);
 
-        let input = to_wit_event(event, attempt);
-        let timeout = context.limits.timeout;
-        let run = async {
-            let instance = handler.pre.instantiate_async(&mut store).await?;
-            instance.call_handle(&mut store, &input).await
-        };
-        let result = match tokio::time::timeout(timeout, run).await {
-            Err(_) => return Err(CallError::Deadline(timeout)),
-            Ok(Err(trap)) => return Err(CallError::Trap(format!("{trap:#}"))),
-            Ok(Ok(result)) => result,
-        };
-        match result {
-            Ok(()) => Ok(std::mem::take(&mut store.data_mut().emitted)),
-            Err(types::HandlerError::Retry(reason)) => Err(CallError::Retry(reason)),
-            Err(types::HandlerError::Reject(reason)) => Err(CallError::Reject(reason)),
-        }
+        let outcome = run_handle(&mut store, handler, context, &to_wit_event(event, attempt)).await;
+        // Output after the last newline is logged even when the call failed,
+        // because it often explains the failure.
+        stdout.finish();
+        stderr.finish();
+        outcome
+    }
+}
+
+/// Instantiates the handler in `store` and calls `handle` within the
+/// consumer's deadline.
+async fn run_handle(
+    store: &mut Store<CallState>,
+    handler: &LoadedHandler,
+    context: &CallContext,
+    input: &types::Event,
+) -> Result<Vec<Emitted>, CallError> {
+    let timeout = context.limits.timeout;
+    let run = async {
+        let instance = handler.pre.instantiate_async(&mut *store).await?;
+        instance.call_handle(&mut *store, input).await
+    };
+    let result = match tokio::time::timeout(timeout, run).await {
+        Err(_) => return Err(CallError::Deadline(timeout)),
+        Ok(Err(trap)) => return Err(CallError::Trap(format!("{trap:#}"))),
+        Ok(Ok(result)) => result,
+    };
+    match result {
+        Ok(()) => Ok(std::mem::take(&mut store.data_mut().emitted)),
+        Err(types::HandlerError::Retry(reason)) => Err(CallError::Retry(reason)),
+        Err(types::HandlerError::Reject(reason)) => Err(CallError::Reject(reason)),
     }
 }
 

@@ -89,6 +89,8 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     );
     let _watcher = reload::watch(host.clone(), slots.clone(), &manifest.handler_dirs())
         .context("cannot watch the handler folders")?;
+    let _manifest_watcher =
+        reload::watch_manifests(&manifest.files).context("cannot watch the manifest files")?;
     let loading = {
         let host = host.clone();
         let slots = slots.clone();
