@@ -2,6 +2,7 @@
 //! deliver messages for acknowledgement. They know nothing of events, schemas
 //! or handlers.
 
+pub mod amqp;
 pub mod embedded;
 
 use std::collections::BTreeMap;
@@ -169,6 +170,14 @@ pub enum BrokerError {
     #[error("cannot connect to broker `{broker}`: {reason}")]
     Unreachable { broker: String, reason: String },
 
+    /// The broker URL cannot be parsed; `url` has its password redacted.
+    #[error("invalid URL `{url}` for broker `{broker}`: {reason}")]
+    InvalidUrl {
+        broker: String,
+        url: String,
+        reason: String,
+    },
+
     #[error("{0}")]
     Conflict(String),
 
@@ -177,6 +186,18 @@ pub enum BrokerError {
 
     #[error("publish to exchange `{exchange}` was not confirmed: {reason}")]
     NotConfirmed { exchange: String, reason: String },
+
+    /// The broker returned a mandatory message because no binding routed it and
+    /// the exchange has no alternate exchange.
+    #[error(
+        "message published to exchange `{exchange}` with routing key `{routing_key}` was \
+         returned as unroutable: bind a queue for this key or give the exchange an \
+         alternate exchange"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
 
     #[error("publish to exchange `{exchange}` was not confirmed within {timeout:?}")]
     ConfirmTimeout { exchange: String, timeout: Duration },

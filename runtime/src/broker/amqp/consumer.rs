@@ -1,0 +1,192 @@
+//! Consumers: one channel each with its own prefetch, lapin deliveries mapped
+//! to `Delivery`, and acknowledgements through lapin's acker.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::protocol::AMQPSoftError;
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::errors;
+use super::properties::{self, short_string};
+use super::session::Shared;
+use crate::broker::{Acker, BrokerError, Deliveries, Delivery};
+
+/// Starts a consumer on a channel of its own. `prefetch` 0 means no limit, as
+/// in AMQP's `basic.qos`.
+pub(super) async fn consume(
+    shared: &Shared,
+    queue: &str,
+    consumer_tag: &str,
+    prefetch: u16,
+) -> Result<Deliveries, BrokerError> {
+    let queue_name = short_string("queue name", queue)?;
+    let tag = short_string("consumer tag", consumer_tag)?;
+    let start = async {
+        let channel = shared.session()?.open_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(|error| errors::broker_error(&error))?;
+        let options = BasicConsumeOptions::default();
+        let consumer = channel
+            .basic_consume(queue_name, tag, options, FieldTable::default())
+            .await
+            .map_err(|error| consume_error(&error, queue))?;
+        Ok((channel, consumer))
+    };
+    let (channel, consumer) = shared.within_operation_timeout(start).await?;
+
+    info!(broker = %shared.name, queue, consumer_tag = %consumer.tag(), prefetch, "started consumer");
+    let state = ConsumerState {
+        consumer,
+        channel,
+        broker: shared.name.clone(),
+        queue: queue.to_owned(),
+        recovery_timeout: shared.options.recovery_timeout,
+        installs: shared.subscribe_installs(),
+        ended: false,
+    };
+    Ok(Box::pin(futures::stream::unfold(state, next_delivery)))
+}
+
+fn consume_error(error: &lapin::Error, queue: &str) -> BrokerError {
+    if errors::is_soft_error(error, AMQPSoftError::NOTFOUND) {
+        return BrokerError::NotFound {
+            kind: "queue",
+            name: queue.to_owned(),
+        };
+    }
+    errors::broker_error(error)
+}
+
+struct ConsumerState {
+    consumer: Consumer,
+    /// Kept for `wait_for_recovery`, and so that the channel closes only when
+    /// the stream is dropped.
+    channel: Channel,
+    broker: String,
+    queue: String,
+    recovery_timeout: Duration,
+    /// Changes when the supervisor installs a new connection, which leaves
+    /// this consumer's connection behind.
+    installs: watch::Receiver<u64>,
+    ended: bool,
+}
+
+/// Yields the next delivery. After a connection loss that lapin recovers, the
+/// consumer resumes on the recovered channel (lapin replays `basic.qos` and
+/// `basic.consume`). The stream ends when the broker cancels the consumer or
+/// its channel closes; it ends after an error when recovery fails, takes
+/// longer than `recovery_timeout`, or the supervisor replaces the connection.
+async fn next_delivery(
+    mut state: ConsumerState,
+) -> Option<(Result<Delivery, BrokerError>, ConsumerState)> {
+    if state.ended {
+        return None;
+    }
+    loop {
+        let next = tokio::select! {
+            next = state.consumer.next() => next,
+            _ = state.installs.changed() => return Some(state.end(connection_replaced())),
+        };
+        match next {
+            Some(Ok(delivery)) => return Some((Ok(delivery_from_lapin(delivery)), state)),
+            Some(Err(error)) => {
+                if let Err(error) = wait_for_recovery(&mut state, error).await {
+                    return Some(state.end(error));
+                }
+                info!(broker = %state.broker, queue = %state.queue, "consumer resumed after reconnect");
+            }
+            None => {
+                info!(broker = %state.broker, queue = %state.queue, "consumer ended: cancelled by the broker or its channel closed");
+                return None;
+            }
+        }
+    }
+}
+
+async fn wait_for_recovery(
+    state: &mut ConsumerState,
+    error: lapin::Error,
+) -> Result<(), BrokerError> {
+    let recovery = state.channel.wait_for_recovery(error.clone());
+    tokio::select! {
+        result = tokio::time::timeout(state.recovery_timeout, recovery) => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(errors::broker_error(&error)),
+            Err(_) => {
+                warn!(broker = %state.broker, queue = %state.queue, timeout = ?state.recovery_timeout, "connection not recovered in time");
+                Err(errors::broker_error(&error))
+            }
+        },
+        _ = state.installs.changed() => Err(connection_replaced()),
+    }
+}
+
+fn connection_replaced() -> BrokerError {
+    BrokerError::Closed(
+        "the broker connection of this consumer was replaced or closed; subscribe again".to_owned(),
+    )
+}
+
+impl ConsumerState {
+    fn end(mut self, error: BrokerError) -> (Result<Delivery, BrokerError>, ConsumerState) {
+        warn!(broker = %self.broker, queue = %self.queue, %error, "consumer stopped");
+        self.ended = true;
+        (Err(error), self)
+    }
+}
+
+fn delivery_from_lapin(delivery: lapin::message::Delivery) -> Delivery {
+    let lapin::message::Delivery {
+        exchange,
+        routing_key,
+        redelivered,
+        properties,
+        data,
+        acker,
+        ..
+    } = delivery;
+    Delivery {
+        exchange: exchange.to_string(),
+        message: properties::message(&routing_key, &properties, data),
+        redelivered,
+        acker: Box::new(AmqpAcker { acker }),
+    }
+}
+
+/// Settles a delivery on the channel it came from.
+struct AmqpAcker {
+    acker: lapin::Acker,
+}
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        settled(self.acker.ack(BasicAckOptions::default()).await)
+    }
+
+    async fn reject(self: Box<Self>, requeue: bool) -> Result<(), BrokerError> {
+        settled(self.acker.reject(BasicRejectOptions { requeue }).await)
+    }
+}
+
+/// lapin returns `Ok(false)` when the acker cannot be used: its channel closed
+/// or was recovered since the delivery, so the broker will redeliver it.
+fn settled(result: Result<bool, lapin::Error>) -> Result<(), BrokerError> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(BrokerError::Closed(
+            "the delivery's channel closed before it was settled; the broker redelivers the \
+             message"
+                .to_owned(),
+        )),
+        Err(error) => Err(errors::broker_error(&error)),
+    }
+}

@@ -1,0 +1,217 @@
+//! The AMQP 0-9-1 broker, on lapin: one connection per broker, declarations
+//! on short-lived channels, publishes on a small pool of confirm-mode
+//! channels and one channel per consumer.
+//!
+//! Reconnection has two layers. lapin's automatic recovery reconnects and
+//! replays the channels that are open (publish channels with confirm mode,
+//! consumers with their prefetch). When lapin gives up, a supervisor task
+//! opens a new connection with capped exponential backoff; consumers of the
+//! old connection then end and their callers subscribe again. After either
+//! kind of reconnect the supervisor re-declares the topology.
+
+mod conflict;
+mod consumer;
+mod declare;
+mod errors;
+mod properties;
+mod publish;
+mod session;
+mod supervisor;
+mod url;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::task::AbortHandle;
+use tracing::info;
+
+use self::session::Shared;
+pub use self::url::redact_url;
+use super::{Broker, BrokerError, Deliveries, Message};
+use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
+
+/// Settings of an AMQP broker connection.
+#[derive(Clone, Debug)]
+pub struct AmqpOptions {
+    /// How long a publish waits for the broker's publisher confirm, including
+    /// the wait for a lost connection to recover.
+    pub confirm_timeout: Duration,
+    /// The number of confirm-mode channels that publishes are spread over.
+    pub publish_channels: usize,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How long a declaration, a queue depth query or the start of a
+    /// consumer waits for the broker's reply.
+    pub operation_timeout: Duration,
+    /// The delay after the first failed connection attempt; it doubles with
+    /// each further failure, up to `reconnect_max_delay`.
+    pub reconnect_initial_delay: Duration,
+    pub reconnect_max_delay: Duration,
+    /// How long a consumer waits for lapin to recover a lost connection
+    /// before its stream ends.
+    pub recovery_timeout: Duration,
+    /// The connection name that RabbitMQ shows for this connection.
+    pub connection_name: Option<String>,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        Self {
+            confirm_timeout: Duration::from_secs(5),
+            publish_channels: 4,
+            connect_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(10),
+            reconnect_initial_delay: Duration::from_millis(500),
+            reconnect_max_delay: Duration::from_secs(30),
+            recovery_timeout: Duration::from_secs(60),
+            connection_name: None,
+        }
+    }
+}
+
+/// A RabbitMQ (or other AMQP 0-9-1) broker.
+///
+/// Dropping it stops the supervisor task, and the connection closes once the
+/// last consumer stream of it is dropped too.
+pub struct AmqpBroker {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<AbortHandle>>,
+}
+
+impl AmqpBroker {
+    /// Creates the broker without connecting; `connect_in_background` starts
+    /// connecting. Until then, and whenever the connection is down, operations
+    /// fail with `BrokerError::Unreachable`.
+    pub fn new(name: &str, url: &str, options: AmqpOptions) -> Result<Self, BrokerError> {
+        let uri = url::parse_url(name, url)?;
+        let shared = Shared::new(name, uri, redact_url(url), options);
+        Ok(Self {
+            shared: Arc::new(shared),
+            supervisor: Mutex::new(None),
+        })
+    }
+
+    /// Connects once and fails with `Unreachable` when that attempt fails.
+    /// Once connected, the broker reconnects by itself after a connection loss.
+    pub async fn connect(name: &str, url: &str, options: AmqpOptions) -> Result<Self, BrokerError> {
+        let broker = Self::new(name, url, options)?;
+        let session = broker.shared.open_session().await?;
+        broker.shared.install(session.clone());
+        info!(broker = %name, url = %broker.shared.redacted_url, "connected to broker");
+        broker.start_supervisor(Some(session));
+        Ok(broker)
+    }
+
+    /// Starts connecting in a background task that retries with capped
+    /// exponential backoff and jitter, and keeps the broker connected after
+    /// that. Does nothing when the task runs already.
+    pub fn connect_in_background(&self) {
+        self.start_supervisor(None);
+    }
+
+    /// Waits until the broker is connected.
+    pub async fn connected(&self) {
+        let mut installs = self.shared.subscribe_installs();
+        while !self.shared.is_connected() {
+            // lapin's own reconnects change the state without an install, so
+            // poll as well as wait.
+            let _ = tokio::time::timeout(Duration::from_millis(100), installs.changed()).await;
+        }
+    }
+
+    /// Stops reconnecting and closes the connection.
+    pub async fn close(&self) {
+        if let Some(supervisor) = self.supervisor_handle().take() {
+            supervisor.abort();
+        }
+        if let Some(session) = self.shared.current_session() {
+            self.shared.remove(&session);
+            if let Err(error) = session.connection.close(200, "OK".into()).await {
+                info!(broker = %self.shared.name, %error, "connection was already closed");
+            }
+        }
+        info!(broker = %self.shared.name, "closed broker connection");
+    }
+
+    fn start_supervisor(&self, initial: Option<Arc<session::Session>>) {
+        let mut supervisor = self.supervisor_handle();
+        if supervisor.is_some() {
+            return;
+        }
+        let task = tokio::spawn(supervisor::run(self.shared.clone(), initial));
+        *supervisor = Some(task.abort_handle());
+    }
+
+    fn supervisor_handle(&self) -> std::sync::MutexGuard<'_, Option<AbortHandle>> {
+        self.supervisor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for AmqpBroker {
+    fn drop(&mut self) {
+        if let Some(supervisor) = self.supervisor_handle().take() {
+            supervisor.abort();
+        }
+    }
+}
+
+impl fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("name", &self.shared.name)
+            .field("url", &self.shared.redacted_url)
+            .field("connected", &self.shared.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
+        declare::declare_exchange(&self.shared, spec).await
+    }
+
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        declare::declare_queue(&self.shared, spec).await
+    }
+
+    async fn bind_queue(&self, spec: &BindingSpec) -> Result<(), BrokerError> {
+        declare::bind_queue(&self.shared, spec).await
+    }
+
+    async fn publish(&self, exchange: &str, message: Message) -> Result<(), BrokerError> {
+        publish::publish(&self.shared, exchange, message).await
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        prefetch: u16,
+    ) -> Result<Deliveries, BrokerError> {
+        consumer::consume(&self.shared, queue, consumer_tag, prefetch).await
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        declare::queue_depth(&self.shared, queue).await
+    }
+
+    async fn exchange_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        declare::exchange_exists(&self.shared, name).await
+    }
+
+    async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
+        declare::queue_exists(&self.shared, name).await
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared.is_connected()
+    }
+}

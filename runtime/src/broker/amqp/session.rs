@@ -1,0 +1,254 @@
+//! The connection state of one broker: the current lapin connection with its
+//! pool of publish channels, and the topology declared so far.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::watch;
+
+use super::AmqpOptions;
+use super::errors;
+use crate::broker::BrokerError;
+use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
+
+/// What every operation of one `AmqpBroker` shares with its supervisor task.
+pub(super) struct Shared {
+    pub name: String,
+    /// The URL with its password; used only to connect.
+    uri: AMQPUri,
+    pub redacted_url: String,
+    pub vhost: String,
+    pub options: AmqpOptions,
+    session: RwLock<Option<Arc<Session>>>,
+    /// Incremented whenever a session is installed, to wake `connected()` waiters.
+    session_installed: watch::Sender<u64>,
+    /// Everything declared successfully, re-declared after a reconnect.
+    declared: Mutex<DeclaredTopology>,
+}
+
+impl Shared {
+    pub fn new(name: &str, uri: AMQPUri, redacted_url: String, options: AmqpOptions) -> Self {
+        Self {
+            name: name.to_owned(),
+            vhost: uri.vhost.clone(),
+            uri,
+            redacted_url,
+            options,
+            session: RwLock::new(None),
+            session_installed: watch::Sender::new(0),
+            declared: Mutex::new(DeclaredTopology::default()),
+        }
+    }
+
+    /// Returns the current session, or `Unreachable` while there is none.
+    pub fn session(&self) -> Result<Arc<Session>, BrokerError> {
+        let session = self.session.read().unwrap_or_else(PoisonError::into_inner);
+        session.clone().ok_or_else(|| BrokerError::Unreachable {
+            broker: self.name.clone(),
+            reason: "not connected; switchyard retries in the background".to_owned(),
+        })
+    }
+
+    pub fn current_session(&self) -> Option<Arc<Session>> {
+        self.session
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn install(&self, session: Arc<Session>) {
+        *self.session.write().unwrap_or_else(PoisonError::into_inner) = Some(session);
+        self.session_installed.send_modify(|count| *count += 1);
+    }
+
+    /// Removes `session` if it is still the current one.
+    pub fn remove(&self, session: &Arc<Session>) {
+        let mut current = self.session.write().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, session)) {
+            *current = None;
+        }
+    }
+
+    pub fn declared(&self) -> MutexGuard<'_, DeclaredTopology> {
+        self.declared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bounds `operation` by the operation timeout, so that a connection that
+    /// stopped answering fails the operation instead of blocking it.
+    pub async fn within_operation_timeout<T>(
+        &self,
+        operation: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let timeout = self.options.operation_timeout;
+        match tokio::time::timeout(timeout, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::Unreachable {
+                broker: self.name.clone(),
+                reason: format!("no reply within {timeout:?}"),
+            }),
+        }
+    }
+
+    pub fn subscribe_installs(&self) -> watch::Receiver<u64> {
+        self.session_installed.subscribe()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current_session()
+            .is_some_and(|session| session.connection.status().connected())
+    }
+
+    /// Opens a connection with lapin's automatic recovery enabled. lapin
+    /// retries the TCP connect a few times itself, with the delays below,
+    /// before this returns an error.
+    pub async fn open_session(&self) -> Result<Arc<Session>, BrokerError> {
+        let initial_delay = self.options.reconnect_initial_delay;
+        let max_delay = self.options.reconnect_max_delay;
+        let mut properties = ConnectionProperties::default()
+            .enable_auto_recover()
+            .configure_backoff(move |backoff| {
+                backoff
+                    .with_min_delay(initial_delay)
+                    .with_max_delay(max_delay)
+                    .with_jitter()
+                    .with_max_times(LAPIN_RECOVERY_ATTEMPTS)
+            });
+        if let Some(connection_name) = &self.options.connection_name {
+            properties = properties.with_connection_name(connection_name.as_str().into());
+        }
+
+        let connect = Connection::connect_uri(self.uri.clone(), properties);
+        let connection = match tokio::time::timeout(self.options.connect_timeout, connect).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => return Err(self.unreachable(error.to_string())),
+            Err(_) => {
+                let timeout = self.options.connect_timeout;
+                return Err(self.unreachable(format!("no connection within {timeout:?}")));
+            }
+        };
+        Ok(Arc::new(Session::new(
+            connection,
+            self.options.publish_channels,
+        )))
+    }
+
+    fn unreachable(&self, reason: String) -> BrokerError {
+        BrokerError::Unreachable {
+            broker: self.name.clone(),
+            reason: format!("{reason} (URL `{}`)", self.redacted_url),
+        }
+    }
+}
+
+/// How many times lapin retries the TCP connect, and how many reconnect
+/// rounds it makes after a connection loss, before it gives up and the
+/// supervisor opens a new connection.
+const LAPIN_RECOVERY_ATTEMPTS: usize = 4;
+
+/// One lapin connection and the confirm-mode channels that publishes use.
+pub(super) struct Session {
+    pub connection: Connection,
+    publish_slots: Vec<PublishSlot>,
+    next_slot: AtomicUsize,
+}
+
+#[derive(Default)]
+struct PublishSlot {
+    channel: Mutex<Option<Arc<PublishChannel>>>,
+    /// Held while a replacement channel is opened, so that only one is.
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// A channel in confirm mode.
+pub(super) struct PublishChannel {
+    pub channel: Channel,
+    /// Held from `basic.publish` until its frames are queued. lapin assigns the
+    /// delivery tag for the confirm and queues the frames under two separate
+    /// locks, so two tasks publishing at once could be sent in the opposite
+    /// order of their tags and receive each other's confirm.
+    pub publishing: tokio::sync::Mutex<()>,
+}
+
+impl Session {
+    fn new(connection: Connection, publish_channels: usize) -> Self {
+        let slots = (0..publish_channels.max(1))
+            .map(|_| PublishSlot::default())
+            .collect();
+        Self {
+            connection,
+            publish_slots: slots,
+            next_slot: AtomicUsize::new(0),
+        }
+    }
+
+    /// Returns a publish channel, taking the slots in turn. A slot whose
+    /// channel was closed (by the broker after an error, or by a connection
+    /// that lapin gave up recovering) gets a new channel.
+    pub async fn publish_channel(&self) -> Result<Arc<PublishChannel>, lapin::Error> {
+        let index = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.publish_slots.len();
+        let slot = &self.publish_slots[index];
+        if let Some(channel) = slot.usable_channel() {
+            return Ok(channel);
+        }
+
+        let _opening = slot.opening.lock().await;
+        if let Some(channel) = slot.usable_channel() {
+            return Ok(channel);
+        }
+        let channel = self.connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let channel = Arc::new(PublishChannel {
+            channel,
+            publishing: tokio::sync::Mutex::new(()),
+        });
+        *slot.channel.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Opens a channel for one declaration or query. RabbitMQ closes the
+    /// channel on a failed declare, so each gets a channel of its own.
+    pub async fn open_channel(&self) -> Result<Channel, BrokerError> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|error| errors::broker_error(&error))
+    }
+}
+
+impl PublishSlot {
+    fn usable_channel(&self) -> Option<Arc<PublishChannel>> {
+        let channel = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
+        channel
+            .as_ref()
+            .filter(|channel| {
+                let status = channel.channel.status();
+                status.connected() || status.reconnecting()
+            })
+            .cloned()
+    }
+}
+
+/// The exchanges, queues and bindings declared successfully, in a form that
+/// can be declared again after the broker lost them (a restart of a broker
+/// whose entities were not durable, or a new connection).
+#[derive(Default)]
+pub(super) struct DeclaredTopology {
+    pub exchanges: BTreeMap<String, ExchangeSpec>,
+    pub queues: BTreeMap<String, QueueSpec>,
+    pub bindings: Vec<BindingSpec>,
+}
+
+impl DeclaredTopology {
+    pub fn add_binding(&mut self, binding: &BindingSpec) {
+        if !self.bindings.contains(binding) {
+            self.bindings.push(binding.clone());
+        }
+    }
+}
