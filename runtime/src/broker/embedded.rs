@@ -23,6 +23,8 @@ mod equivalence;
 #[cfg(test)]
 mod rabbitmq_comparison;
 mod routing;
+
+pub use routing::topic_matches;
 mod state;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use toml::Spanned;
 
-use super::{Entry, Manifest, Problem, Purpose, closest};
+use super::{Entry, ExchangeType, Manifest, Problem, Purpose, closest};
 
 /// Reports every reference to an undefined or misplaced entity.
 pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>) {
@@ -14,6 +14,7 @@ pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut V
     events(manifest, problems);
     producers(manifest, problems);
     consumers(manifest, purpose, problems);
+    unrouted_events(manifest, problems);
 }
 
 /// Reports `name` when it is not a key of `defined`, with the closest key as a hint.
@@ -320,5 +321,45 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                 .hint("build the handler into that path, or correct `handler`"),
             );
         }
+    }
+}
+
+/// Warns about events whose publish targets no binding routes to a queue.
+/// They are kept in the `unroutable` queue, but no consumer sees them.
+fn unrouted_events(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (event_type, entry) in &manifest.events {
+        for target in entry.def.publish.as_slice() {
+            let exchange = target.exchange.get_ref();
+            let Some(kind) = manifest.exchanges.get(exchange).map(|e| e.def.kind) else {
+                continue;
+            };
+            let key = target.routing_key.as_deref().unwrap_or(event_type);
+            let routed = manifest.queues.values().any(|queue| {
+                queue.def.bind.iter().any(|binding| {
+                    binding.exchange.get_ref() == exchange
+                        && binding_matches(kind, binding.key.get_ref(), key)
+                })
+            });
+            if !routed {
+                problems.push(
+                    Problem::warning(
+                        "unrouted-event",
+                        format!(
+                            "event `{event_type}` is published to exchange `{exchange}` with routing key `{key}`, which no binding routes to a queue"
+                        ),
+                    )
+                    .at(entry.file, target.exchange.span())
+                    .hint("bind a queue to it; until then these events wait in the `unroutable` queue"),
+                );
+            }
+        }
+    }
+}
+
+fn binding_matches(kind: ExchangeType, binding_key: &str, routing_key: &str) -> bool {
+    match kind {
+        ExchangeType::Fanout | ExchangeType::Headers => true,
+        ExchangeType::Direct => binding_key == routing_key,
+        ExchangeType::Topic => crate::broker::embedded::topic_matches(binding_key, routing_key),
     }
 }

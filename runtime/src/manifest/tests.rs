@@ -230,3 +230,18 @@ fn unknown_table_suggests_closest() {
         Some("did you mean `[consumers]`?")
     );
 }
+
+#[test]
+fn unrouted_event_warned() {
+    let text = format!(
+        "{BASE}\n[events.\"user.created\"]\nschema = \"u.json\"\npublish = {{ exchange = \"events\" }}\n\n[events.\"order.placed\"]\nschema = \"o.json\"\npublish = {{ exchange = \"events\" }}\n"
+    );
+    let loaded = load_texts(&[&text], Purpose::Check);
+    assert_eq!(codes(&loaded), ["unrouted-event"]);
+    assert!(
+        loaded.problems[0].message.contains("`user.created`"),
+        "{}",
+        loaded.render()
+    );
+    assert!(!loaded.has_errors());
+}

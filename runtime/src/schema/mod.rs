@@ -93,7 +93,12 @@ impl Schemas {
                 }
             };
             match compile_one(event_type, &path, registry) {
-                Ok(schema) => {
+                Ok((schema, failed_examples)) => {
+                    for message in failed_examples {
+                        problems.push(at(Problem::error("schema-example-invalid", message).hint(
+                            "fix the example or the schema; examples document valid events",
+                        )));
+                    }
                     schemas.by_type.insert(event_type.clone(), Arc::new(schema));
                 }
                 Err((code, message, hint)) => {
@@ -172,11 +177,13 @@ fn local_registry(dir: &Path) -> Result<Registry<'static>, String> {
 
 type CompileError = (&'static str, String, String);
 
+/// Compiles one schema and validates its `examples` against it, returning
+/// a message for each example that fails.
 fn compile_one(
     event_type: &str,
     path: &Path,
     registry: &Registry<'static>,
-) -> Result<EventSchema, CompileError> {
+) -> Result<(EventSchema, Vec<String>), CompileError> {
     let text = std::fs::read_to_string(path).map_err(|err| {
         (
             "schema-not-found",
@@ -226,9 +233,84 @@ fn compile_one(
             "only `$ref`s to `.json` files in the schemas folder resolve; remote references are never fetched".to_owned(),
         )
     })?;
-    Ok(EventSchema {
+    let compiled = EventSchema {
         event_type: event_type.to_owned(),
         path: path.to_path_buf(),
         validator,
-    })
+    };
+    let examples = schema.get("examples").and_then(Value::as_array);
+    let mut failed = Vec::new();
+    for (index, example) in examples.into_iter().flatten().enumerate() {
+        if let Err(violations) = compiled.validate(example) {
+            for violation in violations {
+                failed.push(format!(
+                    "example {index} of schema `{}` fails it at `{}`: {}",
+                    path.display(),
+                    display_pointer(&violation.pointer),
+                    violation.message
+                ));
+            }
+        }
+    }
+    Ok((compiled, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{self, Purpose};
+
+    /// Writes a manifest with one event and its schema, and compiles it.
+    fn compile_with_schema(schema: &str) -> (Schemas, Vec<Problem>) {
+        let dir = std::env::temp_dir().join(format!("switchyard-schema-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("schemas")).unwrap();
+        std::fs::create_dir_all(dir.join("manifests")).unwrap();
+        std::fs::write(dir.join("schemas/e.json"), schema).unwrap();
+        let manifest_path = dir.join("manifests/m.toml");
+        std::fs::write(&manifest_path, "[events.e]\nschema = \"e.json\"\n").unwrap();
+        let loaded = manifest::load(&[manifest_path], Purpose::Check, &|_| None);
+        let compiled = Schemas::compile(&loaded.manifest);
+        let _ = std::fs::remove_dir_all(&dir);
+        compiled
+    }
+
+    #[test]
+    fn failing_example_reported() {
+        let schema = r#"{"type": "object", "required": ["id"],
+            "properties": {"id": {"type": "string"}},
+            "examples": [{"id": "a"}, {"id": 7}]}"#;
+        let (_, problems) = compile_with_schema(schema);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].code, "schema-example-invalid");
+        assert!(
+            problems[0].message.contains("example 1"),
+            "{}",
+            problems[0].message
+        );
+        assert!(
+            problems[0].message.contains("`/id`"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn email_format_asserted() {
+        let schema =
+            r#"{"type": "object", "properties": {"email": {"type": "string", "format": "email"}}}"#;
+        let (schemas, problems) = compile_with_schema(schema);
+        assert!(problems.is_empty(), "{problems:?}");
+        let valid = serde_json::json!({"email": "ada@example.com"});
+        let invalid = serde_json::json!({"email": "not an address"});
+        assert!(schemas.validate("e", &valid).is_ok());
+        assert!(schemas.validate("e", &invalid).is_err());
+    }
+
+    #[test]
+    fn remote_reference_not_fetched() {
+        let schema = r#"{"$ref": "https://example.com/schema.json"}"#;
+        let (_, problems) = compile_with_schema(schema);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].code, "schema-invalid");
+    }
 }

@@ -96,9 +96,9 @@ fn word_matches(pattern: &PatternWord, word: &str) -> bool {
     }
 }
 
-/// Reports whether a topic binding key matches a routing key.
-#[cfg(test)]
-pub(super) fn topic_matches(binding_key: &str, routing_key: &str) -> bool {
+/// Reports whether a topic binding key matches a routing key, as RabbitMQ
+/// does.
+pub fn topic_matches(binding_key: &str, routing_key: &str) -> bool {
     TopicPattern::parse(binding_key).matches(&split_words(routing_key))
 }
 
