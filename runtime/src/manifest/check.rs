@@ -325,7 +325,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
 }
 
 /// Warns about events whose publish targets no binding routes to a queue.
-/// They are kept in the `unroutable` queue, but no consumer sees them.
+/// They are kept in the `unroutable` queue, but no consumer receives them.
 fn unrouted_events(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (event_type, entry) in &manifest.events {
         for target in entry.def.publish.as_slice() {

@@ -19,7 +19,7 @@ const SECTIONS: [&str; 7] = [
     "consumers",
 ];
 
-/// What parsing one file produced.
+/// The result of parsing one file.
 pub(super) struct Parsed {
     pub manifest: ManifestFile,
     pub problems: Vec<Problem>,

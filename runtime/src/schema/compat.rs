@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value};
 
-/// Which readers must keep working.
+/// The readers that must keep working after a schema change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compatibility {
     /// New consumers read events written with the old schema.

@@ -110,7 +110,7 @@ impl Schemas {
     }
 }
 
-/// Why data did not pass its schema.
+/// The reason data did not pass its schema.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SchemaCheck {
     UnknownType(String),
