@@ -201,6 +201,10 @@ fn add_retry_queues(brokers: &mut BTreeMap<String, BrokerTopology>, manifest: &M
         }
         // Expired messages return to the work queue through the default
         // exchange, which routes by queue name.
+        // NOTE: RabbitMQ expires messages only at the head of a queue, so a
+        // message with a long retry delay holds back shorter ones behind it
+        // until it expires. Nothing is lost, but a retry can come late.
+        // One queue per delay step would remove that wait.
         topology.queues.push(QueueSpec {
             name,
             kind: QueueKind::Classic,
