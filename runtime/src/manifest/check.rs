@@ -15,6 +15,7 @@ pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut V
     producers(manifest, problems);
     consumers(manifest, purpose, problems);
     unrouted_events(manifest, problems);
+    literal_passwords(manifest, problems);
 }
 
 /// Reports `name` when it is not a key of `defined`, with the closest key as a hint.
@@ -361,5 +362,75 @@ fn binding_matches(kind: ExchangeType, binding_key: &str, routing_key: &str) -> 
         ExchangeType::Fanout | ExchangeType::Headers => true,
         ExchangeType::Direct => binding_key == routing_key,
         ExchangeType::Topic => crate::broker::embedded::topic_matches(binding_key, routing_key),
+    }
+}
+
+/// Warns about a password written into a broker URL, outside any
+/// `${VAR}` reference (defaults such as `${URL:-amqp://guest:guest@…}` are
+/// left alone: they are local development values).
+fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (name, entry) in &manifest.brokers {
+        let url = entry.def.url.get_ref();
+        if has_literal_password(url) {
+            problems.push(
+                Problem::warning(
+                    "literal-password",
+                    format!("the URL of broker `{name}` contains a password"),
+                )
+                .at(entry.file, entry.def.url.span())
+                .hint("read it from the environment, such as `url = \"${RABBITMQ_URL}\"`"),
+            );
+        }
+    }
+}
+
+/// Reports whether `user:password@` appears in the text outside `${...}`.
+fn has_literal_password(url: &str) -> bool {
+    let mut outside = String::new();
+    let mut depth = 0;
+    let mut chars = url.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek() == Some(&'{') {
+            depth += 1;
+            chars.next();
+        } else if c == '}' && depth > 0 {
+            depth -= 1;
+        } else if depth == 0 {
+            outside.push(c);
+        }
+    }
+    let Some((_, rest)) = outside.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => userinfo
+            .split_once(':')
+            .is_some_and(|(_, password)| !password.is_empty()),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod password_tests {
+    use super::has_literal_password;
+
+    #[test]
+    fn literal_password_detected() {
+        assert!(has_literal_password("amqp://app:s3cret@rabbit:5672/%2f"));
+        assert!(has_literal_password("amqp://app:${PASS}x@rabbit/"));
+    }
+
+    #[test]
+    fn interpolated_password_accepted() {
+        assert!(!has_literal_password("${RABBITMQ_URL}"));
+        assert!(!has_literal_password(
+            "${RABBITMQ_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+        ));
+        assert!(!has_literal_password(
+            "amqp://app:${RABBITMQ_PASSWORD}@rabbit:5672/%2f"
+        ));
+        assert!(!has_literal_password("amqp://rabbit:5672/%2f"));
+        assert!(!has_literal_password("amqp://app@rabbit:5672/%2f"));
     }
 }
