@@ -108,7 +108,7 @@ fn policy_command(entity: Entity<'_>, inequivalence: &Inequivalence) -> Option<S
     ))
 }
 
-/// The policy key for an argument that a policy can set.
+/// Returns the policy key for an argument that a policy can set.
 fn policy_key(argument: &str) -> Option<&'static str> {
     match argument {
         "x-dead-letter-exchange" => Some("dead-letter-exchange"),

@@ -1,8 +1,6 @@
 //! Consumers: one channel each with its own prefetch, lapin deliveries mapped
 //! to `Delivery`, and acknowledgements through lapin's acker.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
@@ -45,10 +43,9 @@ pub(super) async fn consume(
     info!(broker = %shared.name, queue, consumer_tag = %consumer.tag(), prefetch, "started consumer");
     let state = ConsumerState {
         consumer,
-        channel,
+        _channel: channel,
         broker: shared.name.clone(),
         queue: queue.to_owned(),
-        recovery_timeout: shared.options.recovery_timeout,
         installs: shared.subscribe_installs(),
         ended: false,
     };
@@ -67,65 +64,36 @@ fn consume_error(error: &lapin::Error, queue: &str) -> BrokerError {
 
 struct ConsumerState {
     consumer: Consumer,
-    /// Kept for `wait_for_recovery`, and so that the channel closes only when
-    /// the stream is dropped.
-    channel: Channel,
+    /// Kept so that the channel closes only when the stream is dropped.
+    _channel: Channel,
     broker: String,
     queue: String,
-    recovery_timeout: Duration,
     /// Changes when the supervisor installs a new connection, which leaves
     /// this consumer's connection behind.
     installs: watch::Receiver<u64>,
     ended: bool,
 }
 
-/// Yields the next delivery. After a connection loss that lapin recovers, the
-/// consumer resumes on the recovered channel (lapin replays `basic.qos` and
-/// `basic.consume`). The stream ends when the broker cancels the consumer or
-/// its channel closes; it ends after an error when recovery fails, takes
-/// longer than `recovery_timeout`, or the supervisor replaces the connection.
+/// Yields the next delivery. The stream ends when the broker cancels the
+/// consumer or its channel closes. It ends after an error when the
+/// connection fails or the supervisor replaced it.
 async fn next_delivery(
     mut state: ConsumerState,
 ) -> Option<(Result<Delivery, BrokerError>, ConsumerState)> {
     if state.ended {
         return None;
     }
-    loop {
-        let next = tokio::select! {
-            next = state.consumer.next() => next,
-            _ = state.installs.changed() => return Some(state.end(connection_replaced())),
-        };
-        match next {
-            Some(Ok(delivery)) => return Some((Ok(delivery_from_lapin(delivery)), state)),
-            Some(Err(error)) => {
-                if let Err(error) = wait_for_recovery(&mut state, error).await {
-                    return Some(state.end(error));
-                }
-                info!(broker = %state.broker, queue = %state.queue, "consumer resumed after reconnect");
-            }
-            None => {
-                info!(broker = %state.broker, queue = %state.queue, "consumer ended: cancelled by the broker or its channel closed");
-                return None;
-            }
+    let next = tokio::select! {
+        next = state.consumer.next() => next,
+        _ = state.installs.changed() => return Some(state.end(connection_replaced())),
+    };
+    match next {
+        Some(Ok(delivery)) => Some((Ok(delivery_from_lapin(delivery)), state)),
+        Some(Err(error)) => Some(state.end(errors::broker_error(&error))),
+        None => {
+            info!(broker = %state.broker, queue = %state.queue, "consumer ended: cancelled by the broker or its channel closed");
+            None
         }
-    }
-}
-
-async fn wait_for_recovery(
-    state: &mut ConsumerState,
-    error: lapin::Error,
-) -> Result<(), BrokerError> {
-    let recovery = state.channel.wait_for_recovery(error.clone());
-    tokio::select! {
-        result = tokio::time::timeout(state.recovery_timeout, recovery) => match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(errors::broker_error(&error)),
-            Err(_) => {
-                warn!(broker = %state.broker, queue = %state.queue, timeout = ?state.recovery_timeout, "connection not recovered in time");
-                Err(errors::broker_error(&error))
-            }
-        },
-        _ = state.installs.changed() => Err(connection_replaced()),
     }
 }
 
@@ -177,8 +145,8 @@ impl Acker for AmqpAcker {
     }
 }
 
-/// lapin returns `Ok(false)` when the acker cannot be used: its channel closed
-/// or was recovered since the delivery, so the broker will redeliver it.
+/// lapin returns `Ok(false)` when the acker cannot be used because its channel
+/// closed since the delivery, so the broker will redeliver it.
 fn settled(result: Result<bool, lapin::Error>) -> Result<(), BrokerError> {
     match result {
         Ok(true) => Ok(()),

@@ -13,12 +13,13 @@ use tracing::{debug, error, info};
 use super::conflict::{self, Entity};
 use super::errors;
 use super::properties::short_string;
-use super::session::Shared;
+use super::session::{Session, Shared};
 use crate::broker::BrokerError;
 use crate::topology::{BindingSpec, ExchangeKind, ExchangeSpec, QueueSpec};
 
 pub(super) async fn declare_exchange(
     shared: &Shared,
+    session: &Session,
     spec: &ExchangeSpec,
 ) -> Result<(), BrokerError> {
     let name = short_string("exchange name", &spec.name)?;
@@ -38,7 +39,7 @@ pub(super) async fn declare_exchange(
         name: &spec.name,
         vhost: &shared.vhost,
     };
-    on_own_channel(shared, entity, |channel| async move {
+    on_own_channel(shared, session, entity, |channel| async move {
         channel
             .exchange_declare(name, kind, options, arguments)
             .await
@@ -53,7 +54,11 @@ pub(super) async fn declare_exchange(
     Ok(())
 }
 
-pub(super) async fn declare_queue(shared: &Shared, spec: &QueueSpec) -> Result<(), BrokerError> {
+pub(super) async fn declare_queue(
+    shared: &Shared,
+    session: &Session,
+    spec: &QueueSpec,
+) -> Result<(), BrokerError> {
     let name = short_string("queue name", &spec.name)?;
     let arguments = queue_arguments(spec)?;
     let options = QueueDeclareOptions {
@@ -66,7 +71,7 @@ pub(super) async fn declare_queue(shared: &Shared, spec: &QueueSpec) -> Result<(
         name: &spec.name,
         vhost: &shared.vhost,
     };
-    on_own_channel(shared, entity, |channel| async move {
+    on_own_channel(shared, session, entity, |channel| async move {
         channel.queue_declare(name, options, arguments).await
     })
     .await?;
@@ -79,7 +84,11 @@ pub(super) async fn declare_queue(shared: &Shared, spec: &QueueSpec) -> Result<(
     Ok(())
 }
 
-pub(super) async fn bind_queue(shared: &Shared, spec: &BindingSpec) -> Result<(), BrokerError> {
+pub(super) async fn bind_queue(
+    shared: &Shared,
+    session: &Session,
+    spec: &BindingSpec,
+) -> Result<(), BrokerError> {
     let queue = short_string("queue name", &spec.queue)?;
     let exchange = short_string("exchange name", &spec.exchange)?;
     let routing_key = short_string("routing key", &spec.routing_key)?;
@@ -89,7 +98,7 @@ pub(super) async fn bind_queue(shared: &Shared, spec: &BindingSpec) -> Result<()
         name: &spec.queue,
         vhost: &shared.vhost,
     };
-    on_own_channel(shared, entity, |channel| async move {
+    on_own_channel(shared, session, entity, |channel| async move {
         let options = QueueBindOptions::default();
         channel
             .queue_bind(queue, exchange, routing_key, options, FieldTable::default())
@@ -110,7 +119,11 @@ pub(super) async fn bind_queue(shared: &Shared, spec: &BindingSpec) -> Result<()
 
 /// Returns the number of ready messages through a passive declare, which
 /// changes nothing. A missing queue is `NotFound`.
-pub(super) async fn queue_depth(shared: &Shared, queue: &str) -> Result<u32, BrokerError> {
+pub(super) async fn queue_depth(
+    shared: &Shared,
+    session: &Session,
+    queue: &str,
+) -> Result<u32, BrokerError> {
     let name = short_string("queue name", queue)?;
     let options = QueueDeclareOptions {
         passive: true,
@@ -121,7 +134,7 @@ pub(super) async fn queue_depth(shared: &Shared, queue: &str) -> Result<u32, Bro
         name: queue,
         vhost: &shared.vhost,
     };
-    let declared = on_own_channel(shared, entity, |channel| async move {
+    let declared = on_own_channel(shared, session, entity, |channel| async move {
         channel
             .queue_declare(name, options, FieldTable::default())
             .await
@@ -130,10 +143,11 @@ pub(super) async fn queue_depth(shared: &Shared, queue: &str) -> Result<u32, Bro
     Ok(declared.message_count())
 }
 
-/// Declares again everything declared so far, after a reconnect. Durable
-/// entities survive a broker restart, so for them this changes nothing;
-/// others are re-created. Failures are logged, because no caller waits.
-pub(super) async fn redeclare(shared: &Shared) {
+/// Declares everything declared so far on a new connection, before the
+/// connection is put to use. Durable entities survive a broker restart, so
+/// for them this changes nothing; others are re-created. Failures are
+/// logged, because no caller waits.
+pub(super) async fn redeclare(shared: &Shared, session: &Session) {
     let (exchanges, queues, bindings) = {
         let declared = shared.declared();
         (
@@ -148,19 +162,19 @@ pub(super) async fn redeclare(shared: &Shared) {
 
     let mut failures = 0;
     for spec in &exchanges {
-        if let Err(error) = declare_exchange(shared, spec).await {
+        if let Err(error) = declare_exchange(shared, session, spec).await {
             error!(broker = %shared.name, exchange = %spec.name, %error, "re-declaring exchange failed");
             failures += 1;
         }
     }
     for spec in &queues {
-        if let Err(error) = declare_queue(shared, spec).await {
+        if let Err(error) = declare_queue(shared, session, spec).await {
             error!(broker = %shared.name, queue = %spec.name, %error, "re-declaring queue failed");
             failures += 1;
         }
     }
     for spec in &bindings {
-        if let Err(error) = bind_queue(shared, spec).await {
+        if let Err(error) = bind_queue(shared, session, spec).await {
             error!(
                 broker = %shared.name,
                 exchange = %spec.exchange,
@@ -177,7 +191,7 @@ pub(super) async fn redeclare(shared: &Shared) {
         queues = queues.len(),
         bindings = bindings.len(),
         failures,
-        "re-declared topology after reconnect"
+        "declared topology on new connection"
     );
 }
 
@@ -186,6 +200,7 @@ pub(super) async fn redeclare(shared: &Shared) {
 /// the broker closed it already because the operation failed.
 async fn on_own_channel<T, F, Fut>(
     shared: &Shared,
+    session: &Session,
     entity: Entity<'_>,
     operation: F,
 ) -> Result<T, BrokerError>
@@ -194,7 +209,7 @@ where
     Fut: Future<Output = Result<T, lapin::Error>>,
 {
     let attempt = async {
-        let channel = shared.session()?.open_channel().await?;
+        let channel = session.open_channel().await?;
         operation(channel)
             .await
             .map_err(|error| declare_error(&error, entity))
@@ -254,7 +269,11 @@ fn lapin_exchange_kind(kind: ExchangeKind) -> LapinExchangeKind {
 
 /// Reports whether an exchange exists through a passive declare, which
 /// changes nothing.
-pub(super) async fn exchange_exists(shared: &Shared, exchange: &str) -> Result<bool, BrokerError> {
+pub(super) async fn exchange_exists(
+    shared: &Shared,
+    session: &Session,
+    exchange: &str,
+) -> Result<bool, BrokerError> {
     if exchange.is_empty() {
         return Ok(true);
     }
@@ -268,7 +287,7 @@ pub(super) async fn exchange_exists(shared: &Shared, exchange: &str) -> Result<b
         name: exchange,
         vhost: &shared.vhost,
     };
-    let result = on_own_channel(shared, entity, |channel| async move {
+    let result = on_own_channel(shared, session, entity, |channel| async move {
         channel
             .exchange_declare(
                 name,
@@ -287,8 +306,12 @@ pub(super) async fn exchange_exists(shared: &Shared, exchange: &str) -> Result<b
 }
 
 /// Reports whether a queue exists through a passive declare.
-pub(super) async fn queue_exists(shared: &Shared, queue: &str) -> Result<bool, BrokerError> {
-    match queue_depth(shared, queue).await {
+pub(super) async fn queue_exists(
+    shared: &Shared,
+    session: &Session,
+    queue: &str,
+) -> Result<bool, BrokerError> {
+    match queue_depth(shared, session, queue).await {
         Ok(_) => Ok(true),
         Err(BrokerError::NotFound { .. }) => Ok(false),
         Err(other) => Err(other),

@@ -6,8 +6,8 @@ use lapin::{Error, ErrorKind};
 
 use crate::broker::BrokerError;
 
-/// The AMQP reply code and text that closed a channel or connection, if the
-/// error came from the broker.
+/// Returns the AMQP reply code and text that closed a channel or connection,
+/// if the error came from the broker.
 pub(super) fn reply(error: &Error) -> Option<(u16, &str)> {
     match error.kind() {
         ErrorKind::ProtocolError(amqp) => Some((amqp.get_id(), amqp.get_message().as_str())),

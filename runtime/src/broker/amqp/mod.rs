@@ -2,12 +2,11 @@
 //! on short-lived channels, publishes on a small pool of confirm-mode
 //! channels and one channel per consumer.
 //!
-//! Reconnection has two layers. lapin's automatic recovery reconnects and
-//! replays the channels that are open (publish channels with confirm mode,
-//! consumers with their prefetch). When lapin gives up, a supervisor task
-//! opens a new connection with capped exponential backoff; consumers of the
-//! old connection then end and their callers subscribe again. After either
-//! kind of reconnect the supervisor re-declares the topology.
+//! A supervisor task owns reconnection: when the connection fails it opens a
+//! new one with capped exponential backoff and jitter and declares the
+//! topology again. Publishes wait for the new connection within their
+//! confirm timeout; consumer streams end and their callers subscribe again.
+//! lapin's own automatic recovery stays off (see `session::Shared::open_session`).
 
 mod conflict;
 mod consumer;
@@ -28,7 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::task::AbortHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use self::session::Shared;
 pub use self::url::redact_url;
@@ -39,9 +38,10 @@ use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
 #[derive(Clone, Debug)]
 pub struct AmqpOptions {
     /// How long a publish waits for the broker's publisher confirm, including
-    /// the wait for a lost connection to recover.
+    /// the wait for a new connection after a connection loss.
     pub confirm_timeout: Duration,
-    /// The number of confirm-mode channels that publishes are spread over.
+    /// The number of confirm-mode channels that publishes are spread over
+    /// (at least one).
     pub publish_channels: usize,
     /// How long one connection attempt may take.
     pub connect_timeout: Duration,
@@ -51,10 +51,8 @@ pub struct AmqpOptions {
     /// The delay after the first failed connection attempt; it doubles with
     /// each further failure, up to `reconnect_max_delay`.
     pub reconnect_initial_delay: Duration,
+    /// The upper bound of the delay between connection attempts.
     pub reconnect_max_delay: Duration,
-    /// How long a consumer waits for lapin to recover a lost connection
-    /// before its stream ends.
-    pub recovery_timeout: Duration,
     /// The connection name that RabbitMQ shows for this connection.
     pub connection_name: Option<String>,
 }
@@ -68,7 +66,6 @@ impl Default for AmqpOptions {
             operation_timeout: Duration::from_secs(10),
             reconnect_initial_delay: Duration::from_millis(500),
             reconnect_max_delay: Duration::from_secs(30),
-            recovery_timeout: Duration::from_secs(60),
             connection_name: None,
         }
     }
@@ -85,8 +82,8 @@ pub struct AmqpBroker {
 
 impl AmqpBroker {
     /// Creates the broker without connecting; `connect_in_background` starts
-    /// connecting. Until then, and whenever the connection is down, operations
-    /// fail with `BrokerError::Unreachable`.
+    /// connecting. Until the first connection, operations fail with
+    /// `BrokerError::Unreachable`.
     pub fn new(name: &str, url: &str, options: AmqpOptions) -> Result<Self, BrokerError> {
         let uri = url::parse_url(name, url)?;
         let shared = Shared::new(name, uri, redact_url(url), options);
@@ -118,21 +115,29 @@ impl AmqpBroker {
     pub async fn connected(&self) {
         let mut installs = self.shared.subscribe_installs();
         while !self.shared.is_connected() {
-            // lapin's own reconnects change the state without an install, so
-            // poll as well as wait.
+            // An installed connection can fail before this loop checks it, so
+            // check every 100 ms as well as on every install.
             let _ = tokio::time::timeout(Duration::from_millis(100), installs.changed()).await;
         }
     }
 
-    /// Stops reconnecting and closes the connection.
+    /// Stops reconnecting and closes the connection, waiting at most the
+    /// operation timeout for the broker to confirm the close.
     pub async fn close(&self) {
         if let Some(supervisor) = self.supervisor_handle().take() {
             supervisor.abort();
         }
         if let Some(session) = self.shared.current_session() {
             self.shared.remove(&session);
-            if let Err(error) = session.connection.close(200, "OK".into()).await {
-                info!(broker = %self.shared.name, %error, "connection was already closed");
+            let close = session.connection.close(200, "OK".into());
+            match tokio::time::timeout(self.shared.options.operation_timeout, close).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    info!(broker = %self.shared.name, %error, "connection was already closed");
+                }
+                Err(_) => {
+                    warn!(broker = %self.shared.name, "broker did not confirm the close in time")
+                }
             }
         }
         info!(broker = %self.shared.name, "closed broker connection");
@@ -175,15 +180,18 @@ impl fmt::Debug for AmqpBroker {
 #[async_trait]
 impl Broker for AmqpBroker {
     async fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<(), BrokerError> {
-        declare::declare_exchange(&self.shared, spec).await
+        let session = self.shared.session()?;
+        declare::declare_exchange(&self.shared, &session, spec).await
     }
 
     async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
-        declare::declare_queue(&self.shared, spec).await
+        let session = self.shared.session()?;
+        declare::declare_queue(&self.shared, &session, spec).await
     }
 
     async fn bind_queue(&self, spec: &BindingSpec) -> Result<(), BrokerError> {
-        declare::bind_queue(&self.shared, spec).await
+        let session = self.shared.session()?;
+        declare::bind_queue(&self.shared, &session, spec).await
     }
 
     async fn publish(&self, exchange: &str, message: Message) -> Result<(), BrokerError> {
@@ -200,15 +208,18 @@ impl Broker for AmqpBroker {
     }
 
     async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
-        declare::queue_depth(&self.shared, queue).await
+        let session = self.shared.session()?;
+        declare::queue_depth(&self.shared, &session, queue).await
     }
 
     async fn exchange_exists(&self, name: &str) -> Result<bool, BrokerError> {
-        declare::exchange_exists(&self.shared, name).await
+        let session = self.shared.session()?;
+        declare::exchange_exists(&self.shared, &session, name).await
     }
 
     async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
-        declare::queue_exists(&self.shared, name).await
+        let session = self.shared.session()?;
+        declare::queue_exists(&self.shared, &session, name).await
     }
 
     fn is_connected(&self) -> bool {

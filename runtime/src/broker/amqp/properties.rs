@@ -11,12 +11,13 @@ use crate::broker::{BrokerError, HeaderValue, Headers, Message};
 /// AMQP delivery mode 2: the broker writes the message to disk in durable queues.
 const PERSISTENT: u8 = 2;
 
-/// Converts `value` to an AMQP short string, which holds at most 255 bytes
+/// Converts `value` to an AMQP short string, which contains at most 255 bytes
 /// (exchange and queue names, routing keys, header names, most properties).
-pub(super) fn short_string(what: &str, value: &str) -> Result<ShortString, BrokerError> {
+/// `field` names the value in the error.
+pub(super) fn short_string(field: &str, value: &str) -> Result<ShortString, BrokerError> {
     ShortString::try_new(value).map_err(|_| {
         BrokerError::Protocol(format!(
-            "{what} `{value}` is {} bytes long, but AMQP 0-9-1 allows at most 255",
+            "{field} `{value}` is {} bytes long, but AMQP 0-9-1 allows at most 255",
             value.len()
         ))
     })

@@ -22,9 +22,10 @@ use crate::broker::{BrokerError, Message};
 const MAX_CHANNEL_RETRIES: u32 = 10;
 
 /// Publishes `message` as mandatory and persistent, and waits for its
-/// publisher confirm, all within `confirm_timeout`. A message whose confirm
-/// was lost with its connection or channel is sent again, so it may reach
-/// the broker twice: delivery is at least once.
+/// publisher confirm, all within `confirm_timeout`, which includes the wait
+/// for a new connection after a connection loss. A message whose confirm was
+/// lost with its connection or channel is sent again, so it may reach the
+/// broker twice: delivery is at least once.
 pub(super) async fn publish(
     shared: &Shared,
     exchange: &str,
@@ -53,11 +54,11 @@ struct PublishRequest {
     message: Message,
 }
 
-/// The pause before a publish is sent again after a connection loss.
-const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// The pause between checks for a new connection after a connection loss.
+const RECONNECT_POLL: Duration = Duration::from_millis(20);
 
 /// Publishes until confirmed or failed for good; the caller's timeout bounds
-/// the retries. After a connection loss it waits for lapin to recover the
+/// the retries. After a connection loss it waits for the supervisor's new
 /// connection and sends again. A publish channel that the broker closed
 /// because of another publish's error (such as a 404 for another exchange)
 /// is replaced.
@@ -68,7 +69,7 @@ async fn publish_with_retry(shared: &Shared, request: &PublishRequest) -> Result
         let publisher = match session.publish_channel().await {
             Ok(publisher) => publisher,
             Err(error) if errors::is_connection_loss(&error) => {
-                debug!(broker = %shared.name, %error, "opening a publish channel failed; waiting for the connection");
+                debug!(broker = %shared.name, %error, "opening a publish channel failed; waiting for a new connection");
                 wait_until_connected(shared).await;
                 continue;
             }
@@ -93,22 +94,17 @@ async fn publish_with_retry(shared: &Shared, request: &PublishRequest) -> Result
         if !errors::is_connection_loss(&error) {
             return Err(errors::broker_error(&error));
         }
-
-        // Only some of lapin's errors carry its recovery notifier; without
-        // one, wait for the connection state instead.
-        debug!(broker = %shared.name, %error, "publish failed; waiting for the connection to recover");
-        if publisher.channel.wait_for_recovery(error).await.is_err() {
-            wait_until_connected(shared).await;
-        }
+        debug!(broker = %shared.name, %error, "publish failed; waiting for a new connection");
+        wait_until_connected(shared).await;
     }
 }
 
-/// Waits until the current connection is connected, or until there is no
-/// connection, which the next attempt reports as `Unreachable`.
+/// Waits until the supervisor has installed a connected connection. The
+/// caller's timeout bounds the wait.
 async fn wait_until_connected(shared: &Shared) {
-    tokio::time::sleep(RETRY_PAUSE).await;
-    while shared.current_session().is_some() && !shared.is_connected() {
-        tokio::time::sleep(RETRY_PAUSE).await;
+    tokio::time::sleep(RECONNECT_POLL).await;
+    while !shared.is_connected() {
+        tokio::time::sleep(RECONNECT_POLL).await;
     }
 }
 
@@ -152,8 +148,9 @@ fn confirmation_result(
         Confirmation::Ack(Some(returned)) => {
             // NOTE: lapin hands a returned message to the first pending confirm
             // when a `multiple` ack covers several publishes, so the return can
-            // reach another publish than the one the broker returned. The
-            // owner of this message has already seen a plain ack.
+            // reach another publish than the one the broker returned. That
+            // publish may have reported success, and this log line is then the
+            // only trace of the unroutable message.
             error!(
                 broker = %shared.name,
                 exchange = %returned.delivery.exchange,

@@ -16,10 +16,11 @@ use super::errors;
 use crate::broker::BrokerError;
 use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
 
-/// What every operation of one `AmqpBroker` shares with its supervisor task.
+/// State that every operation of one `AmqpBroker` shares with its supervisor
+/// task.
 pub(super) struct Shared {
     pub name: String,
-    /// The URL with its password; used only to connect.
+    /// The URL with its password, used only to connect.
     uri: AMQPUri,
     pub redacted_url: String,
     pub vhost: String,
@@ -27,7 +28,7 @@ pub(super) struct Shared {
     session: RwLock<Option<Arc<Session>>>,
     /// Incremented whenever a session is installed, to wake `connected()` waiters.
     session_installed: watch::Sender<u64>,
-    /// Everything declared successfully, re-declared after a reconnect.
+    /// Everything declared successfully, declared again on every new connection.
     declared: Mutex<DeclaredTopology>,
 }
 
@@ -79,7 +80,7 @@ impl Shared {
     }
 
     /// Bounds `operation` by the operation timeout, so that a connection that
-    /// stopped answering fails the operation instead of blocking it.
+    /// stopped responding fails the operation instead of blocking it.
     pub async fn within_operation_timeout<T>(
         &self,
         operation: impl Future<Output = Result<T, BrokerError>>,
@@ -89,7 +90,7 @@ impl Shared {
             Ok(result) => result,
             Err(_) => Err(BrokerError::Unreachable {
                 broker: self.name.clone(),
-                reason: format!("no reply within {timeout:?}"),
+                reason: format!("timed out after {timeout:?} waiting for the broker's reply"),
             }),
         }
     }
@@ -103,21 +104,12 @@ impl Shared {
             .is_some_and(|session| session.connection.status().connected())
     }
 
-    /// Opens a connection with lapin's automatic recovery enabled. lapin
-    /// retries the TCP connect a few times itself, with the delays below,
-    /// before this returns an error.
+    /// Opens a connection. lapin's automatic recovery stays off: with lapin
+    /// 4.12.3 it deadlocked when a channel was being opened at the moment the
+    /// connection was lost, which blocked a runtime thread for good. The
+    /// supervisor opens a new connection instead.
     pub async fn open_session(&self) -> Result<Arc<Session>, BrokerError> {
-        let initial_delay = self.options.reconnect_initial_delay;
-        let max_delay = self.options.reconnect_max_delay;
-        let mut properties = ConnectionProperties::default()
-            .enable_auto_recover()
-            .configure_backoff(move |backoff| {
-                backoff
-                    .with_min_delay(initial_delay)
-                    .with_max_delay(max_delay)
-                    .with_jitter()
-                    .with_max_times(LAPIN_RECOVERY_ATTEMPTS)
-            });
+        let mut properties = ConnectionProperties::default();
         if let Some(connection_name) = &self.options.connection_name {
             properties = properties.with_connection_name(connection_name.as_str().into());
         }
@@ -128,7 +120,7 @@ impl Shared {
             Ok(Err(error)) => return Err(self.unreachable(error.to_string())),
             Err(_) => {
                 let timeout = self.options.connect_timeout;
-                return Err(self.unreachable(format!("no connection within {timeout:?}")));
+                return Err(self.unreachable(format!("timed out after {timeout:?}")));
             }
         };
         Ok(Arc::new(Session::new(
@@ -144,11 +136,6 @@ impl Shared {
         }
     }
 }
-
-/// How many times lapin retries the TCP connect, and how many reconnect
-/// rounds it makes after a connection loss, before it gives up and the
-/// supervisor opens a new connection.
-const LAPIN_RECOVERY_ATTEMPTS: usize = 4;
 
 /// One lapin connection and the confirm-mode channels that publishes use.
 pub(super) struct Session {
@@ -187,8 +174,7 @@ impl Session {
     }
 
     /// Returns a publish channel, taking the slots in turn. A slot whose
-    /// channel was closed (by the broker after an error, or by a connection
-    /// that lapin gave up recovering) gets a new channel.
+    /// channel the broker closed after an error gets a new channel.
     pub async fn publish_channel(&self) -> Result<Arc<PublishChannel>, lapin::Error> {
         let index = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.publish_slots.len();
         let slot = &self.publish_slots[index];
@@ -227,17 +213,14 @@ impl PublishSlot {
         let channel = self.channel.lock().unwrap_or_else(PoisonError::into_inner);
         channel
             .as_ref()
-            .filter(|channel| {
-                let status = channel.channel.status();
-                status.connected() || status.reconnecting()
-            })
+            .filter(|channel| channel.channel.status().connected())
             .cloned()
     }
 }
 
-/// The exchanges, queues and bindings declared successfully, in a form that
-/// can be declared again after the broker lost them (a restart of a broker
-/// whose entities were not durable, or a new connection).
+/// The exchanges, queues and bindings declared successfully, declared again
+/// on every new connection because a broker restart loses those that are
+/// not durable.
 #[derive(Default)]
 pub(super) struct DeclaredTopology {
     pub exchanges: BTreeMap<String, ExchangeSpec>,

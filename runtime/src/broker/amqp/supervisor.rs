@@ -1,9 +1,10 @@
 //! The background task that keeps a broker connected: it connects with capped
-//! exponential backoff and jitter, re-declares the topology after a
-//! reconnect, and opens a new connection when lapin gives up recovering one.
+//! exponential backoff and jitter, re-declares the topology on every new
+//! connection, and opens a new connection when the current one fails or
+//! stops responding.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::Event;
@@ -13,46 +14,63 @@ use tracing::{debug, info, warn};
 use super::declare;
 use super::session::{Session, Shared};
 
-/// How often the supervisor checks the connection state; lapin reports a
-/// failed recovery as an event, this catches a connection that closed
-/// without one.
+/// How often the supervisor checks the connection state, in case a
+/// connection closes without an error event.
 const STATUS_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
-/// How often the supervisor checks that a connected connection still answers,
-/// by opening and closing a channel.
+/// How often the supervisor checks that a connected connection still
+/// responds, by opening and closing a channel.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A connection that lasted this long resets the backoff; one that failed
+/// sooner counts as one more failed attempt before the next connect.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
 /// Runs until aborted. `initial` is the session opened by `connect`, if any.
 pub(super) async fn run(shared: Arc<Shared>, initial: Option<Arc<Session>>) {
     let mut session = initial;
+    let mut short_lived = 0;
     loop {
         let current = match session.take() {
             Some(current) => current,
             None => {
                 let current = connect_with_backoff(&shared).await;
+                declare::redeclare(&shared, &current).await;
                 shared.install(current.clone());
-                declare::redeclare(&shared).await;
                 current
             }
         };
+        let connected_at = Instant::now();
         let end = watch(&shared, &current).await;
         shared.remove(&current);
         if end == SessionEnd::Unresponsive {
             close_in_background(current);
         }
+
+        // Reconnect at once after a connection that lasted, so that a broker
+        // restart costs little, but back off when connections keep failing
+        // right after they open.
+        if connected_at.elapsed() >= STABLE_CONNECTION {
+            short_lived = 0;
+            continue;
+        }
+        short_lived += 1;
+        let delay = jittered_backoff(&shared, short_lived);
+        warn!(broker = %shared.name, failures = short_lived, next_delay = ?delay, "connection failed soon after it opened; waiting before reconnecting");
+        tokio::time::sleep(delay).await;
     }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum SessionEnd {
-    /// The connection failed and lapin did not recover it.
+    /// The connection failed or was closed.
     Failed,
-    /// The connection looks connected but does not open channels.
+    /// The connection looks connected but opens no channel.
     Unresponsive,
 }
 
-/// Closes an unresponsive connection without waiting for it: lapin may
-/// never answer.
+/// Closes an unresponsive connection without waiting, because lapin may
+/// never complete the close.
 fn close_in_background(session: Arc<Session>) {
     tokio::spawn(async move {
         let close = session.connection.close(200, "OK".into());
@@ -72,12 +90,7 @@ async fn connect_with_backoff(shared: &Shared) -> Arc<Session> {
                 return session;
             }
             Err(error) => {
-                let delay = backoff_delay(
-                    attempt,
-                    shared.options.reconnect_initial_delay,
-                    shared.options.reconnect_max_delay,
-                    rand::rng().random(),
-                );
+                let delay = jittered_backoff(shared, attempt);
                 warn!(
                     broker = %shared.name,
                     attempt,
@@ -91,32 +104,20 @@ async fn connect_with_backoff(shared: &Shared) -> Arc<Session> {
     }
 }
 
-/// Waits until the connection of `session` is gone for good. While lapin
-/// recovers it, this logs the loss and, once lapin reconnected, re-declares
-/// the topology: lapin replays only what was declared on channels that are
-/// still open, and declarations here use short-lived channels.
+/// Waits until the connection of `session` fails or stops responding.
 async fn watch(shared: &Shared, session: &Session) -> SessionEnd {
     let mut events = Box::pin(session.connection.events_listener());
     let mut status_check = tokio::time::interval(STATUS_CHECK_INTERVAL);
     let mut health_check = tokio::time::interval(HEALTH_CHECK_INTERVAL);
     health_check.reset();
-    let mut loss_reported = false;
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(Event::Connected) => {
-                    // The event of the first connect can arrive here too.
-                    if loss_reported {
-                        info!(broker = %shared.name, "connection recovered");
-                    }
-                    loss_reported = false;
-                    declare::redeclare(shared).await;
-                }
                 // lapin reports channel errors (a 404 or 406 closing one
                 // channel) as events too; only a connection in the error state
-                // is gone for good.
+                // is gone.
                 Some(Event::Error(error)) if session.connection.status().errored() => {
-                    warn!(broker = %shared.name, %error, "connection failed and was not recovered; opening a new one");
+                    warn!(broker = %shared.name, %error, "connection lost; reconnecting");
                     return SessionEnd::Failed;
                 }
                 Some(Event::Error(error)) => {
@@ -128,20 +129,16 @@ async fn watch(shared: &Shared, session: &Session) -> SessionEnd {
             _ = status_check.tick() => {
                 let status = session.connection.status();
                 if status.errored() || status.closed() {
-                    warn!(broker = %shared.name, "connection closed; opening a new one");
+                    warn!(broker = %shared.name, "connection closed; reconnecting");
                     return SessionEnd::Failed;
-                }
-                if status.reconnecting() && !loss_reported {
-                    warn!(broker = %shared.name, "connection lost; reconnecting");
-                    loss_reported = true;
                 }
             }
             _ = health_check.tick() => {
-                if !answers(shared, session).await {
+                if !responds(shared, session).await {
                     warn!(
                         broker = %shared.name,
                         timeout = ?shared.options.operation_timeout,
-                        "connection opened no channel in time; opening a new one"
+                        "connection opened no channel in time; reconnecting"
                     );
                     return SessionEnd::Unresponsive;
                 }
@@ -151,13 +148,9 @@ async fn watch(shared: &Shared, session: &Session) -> SessionEnd {
 }
 
 /// Reports whether a connected connection opens a channel within the
-/// operation timeout.
-///
-/// NOTE: with lapin 4.12.3, a channel being opened at the moment the
-/// connection is lost can leave lapin's recovery stuck: the connection
-/// reports connected, but channel opens and publishes never complete. This
-/// check replaces such a connection.
-async fn answers(shared: &Shared, session: &Session) -> bool {
+/// operation timeout. This guards against a connection that stops responding
+/// without closing, which lapin 4.12.3 did when its automatic recovery was on.
+async fn responds(shared: &Shared, session: &Session) -> bool {
     if !session.connection.status().connected() {
         return true;
     }
@@ -175,10 +168,21 @@ async fn answers(shared: &Shared, session: &Session) -> bool {
     }
 }
 
-/// Returns the delay before connection attempt `attempt + 1`: `initial`
-/// doubled per failed attempt, capped at `max`, of which a random part
-/// (`jitter` in `[0, 1)`) of up to half is taken off so that many clients do
-/// not reconnect in step.
+fn jittered_backoff(shared: &Shared, attempt: u32) -> Duration {
+    let options = &shared.options;
+    let jitter = rand::rng().random();
+    backoff_delay(
+        attempt,
+        options.reconnect_initial_delay,
+        options.reconnect_max_delay,
+        jitter,
+    )
+}
+
+/// Returns the delay before connection attempt `attempt + 1`. The delay is
+/// `initial` doubled per failed attempt and capped at `max`. A random part of
+/// up to half, set by `jitter` in `[0, 1)`, is taken off so that many clients
+/// do not reconnect in step.
 pub(super) fn backoff_delay(
     attempt: u32,
     initial: Duration,
