@@ -95,7 +95,7 @@ struct CheckArgs {
     /// with the same event's schema there.
     #[arg(long, value_name = "DIR")]
     against: Option<PathBuf>,
-    /// Which readers the schema changes must keep working for `--against`.
+    /// Readers that schema changes must keep working for `--against`.
     #[arg(long, value_enum, default_value = "backward", requires = "against")]
     compat: Compatibility,
 }
@@ -135,9 +135,9 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Leaves the async runtime running until the process exits. lapin's I/O
-/// thread can outlive its connection (a failed connect, for one) and panics
-/// when it finds the runtime shutting down; the process ends right after
-/// this anyway.
+/// thread can outlive its connection (after a failed connect, for one), and
+/// it panics when it finds the runtime shutting down. The process ends right
+/// after this anyway.
 fn keep_until_exit(runtime: tokio::runtime::Runtime) {
     std::mem::forget(runtime);
 }

@@ -55,14 +55,14 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// How an event is laid out in an AMQP message.
+/// Layout of an event in an AMQP message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireFormat {
     Structured,
     Binary,
 }
 
-/// Why a message could not be read as an event.
+/// Reason a message could not be decoded as an event.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("body is not valid JSON: {0}")]
@@ -245,7 +245,8 @@ fn decode_structured(mut object: Map<String, Value>) -> Result<Event, DecodeErro
     })
 }
 
-/// The original services wrote `{"id", "type", "timestamp", "data"}`.
+/// Reports whether a body is the `{"id", "type", "timestamp", "data"}`
+/// envelope that the original services wrote.
 fn is_legacy_envelope(object: &Map<String, Value>) -> bool {
     object.get("type").is_some_and(Value::is_string)
         && object.contains_key("data")

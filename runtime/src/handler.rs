@@ -32,7 +32,7 @@ use bindings::switchyard::handler::{host, types};
 /// How often the epoch advances; deadlines are checked at this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Why a handler call did not succeed. The guest's own `retry` and `reject`,
+/// Failure of a handler call. The guest's own `retry` and `reject`,
 /// a trap or deadline, and a failure on the host side are kept apart because
 /// dispatch treats them differently.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub struct Limits {
     pub memory: u64,
 }
 
-/// What a handler call may read: its consumer's name and config, and the
+/// Inputs a handler call may read: its consumer's name and config, and the
 /// schemas its emitted events must pass.
 #[derive(Clone, Debug)]
 pub struct CallContext {

@@ -36,7 +36,7 @@ pub struct Producer {
     pub source: String,
 }
 
-/// What the HTTP handlers share.
+/// State shared by the HTTP handlers.
 #[derive(Clone)]
 pub struct Ingress {
     pub publisher: Publisher,
@@ -177,7 +177,7 @@ async fn accept(
             None,
         );
         // The unread rest of the body is still on the connection, so the
-        // server closes it; say so, or keep-alive clients reuse a dead one.
+        // server closes it. The header tells keep-alive clients not to reuse it.
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

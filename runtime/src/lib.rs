@@ -1,5 +1,5 @@
 //! switchyard: a declarative event runtime. Manifests describe brokers,
-//! exchanges, queues, events, producers and consumers; the runtime
+//! exchanges, queues, events, producers and consumers. The runtime
 //! provisions the topology, validates events against JSON Schemas and
 //! dispatches them to WebAssembly handler components.
 

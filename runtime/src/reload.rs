@@ -62,7 +62,7 @@ impl Slots {
         }
     }
 
-    /// Returns a receiver that sees every version of the handler at `path`.
+    /// Returns a receiver that gets every version of the handler at `path`.
     pub fn subscribe(&self, path: &Path) -> Option<watch::Receiver<Option<LoadedHandler>>> {
         self.slots
             .get(&absolute(path))

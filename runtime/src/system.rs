@@ -63,7 +63,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
 
-    // Every broker starts as a placeholder that answers "unreachable", so
+    // Every broker starts as a placeholder that returns "unreachable", so
     // HTTP can serve probes and 503s while connections are being made.
     let deferred: HashMap<String, Arc<Deferred>> = manifest
         .brokers
@@ -105,7 +105,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     };
     let consumers = consumers(&manifest, &brokers, &schemas)?;
 
-    // HTTP first, so `/readyz` can say what start-up is waiting for.
+    // HTTP first, so `/readyz` can report what start-up is waiting for.
     let listen = options
         .listen
         .clone()

@@ -32,7 +32,7 @@ pub struct ExchangeSpec {
     pub name: String,
     pub kind: ExchangeKind,
     pub durable: bool,
-    /// Where the broker sends messages that no binding routes.
+    /// Exchange that receives messages that no binding routes.
     pub alternate_exchange: Option<String>,
 }
 
@@ -265,7 +265,7 @@ pub async fn provision(
     }
 }
 
-/// What provisioning would do to one entity.
+/// Action that provisioning would take on one entity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Create,

@@ -225,7 +225,7 @@ impl BrokerError {
 
 /// A broker whose connection is still being established. Operations fail
 /// with `BrokerError::Unreachable` until `set` supplies the connected broker,
-/// so producers answer 503 instead of waiting while the broker is down.
+/// so producers return 503 instead of waiting while the broker is down.
 pub struct Deferred {
     name: String,
     inner: std::sync::OnceLock<std::sync::Arc<dyn Broker>>,

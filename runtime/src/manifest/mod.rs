@@ -21,7 +21,7 @@ pub use values::{ByteSize, HumanDuration};
 /// What the manifests are loaded for; decides how strict some checks are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
-    /// `switchyard check`: a missing `${VAR}` is a warning (CI rarely holds
+    /// `switchyard check`: a missing `${VAR}` is a warning (CI rarely has
     /// the secrets) and a missing handler file is an error.
     Check,
     /// `switchyard up` and the commands that connect: a missing `${VAR}` is
@@ -29,7 +29,7 @@ pub enum Purpose {
     Run,
 }
 
-/// A definition together with the index of the file that holds it.
+/// A definition together with the index of the file that contains it.
 #[derive(Debug)]
 pub struct Entry<T> {
     pub file: usize,
@@ -99,7 +99,7 @@ impl Manifest {
         Some(self.handler_dirs[entry.file].join(entry.def.handler.get_ref()))
     }
 
-    /// Returns every folder that holds handlers, without repeats.
+    /// Returns every folder that contains handlers, without repeats.
     pub fn handler_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = self.handler_dirs.clone();
         dirs.sort();

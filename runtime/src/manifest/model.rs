@@ -100,7 +100,7 @@ pub enum ExchangeType {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeDef {
-    /// Name of the broker that holds this exchange.
+    /// Name of the broker that has this exchange.
     #[schemars(with = "String")]
     pub broker: Spanned<String>,
     /// Exchange type. Default `topic`.
@@ -129,7 +129,7 @@ pub enum QueueType {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDef {
-    /// Name of the broker that holds this queue.
+    /// Name of the broker that has this queue.
     #[schemars(with = "String")]
     pub broker: Spanned<String>,
     /// Queue type. Default `classic`.
@@ -141,7 +141,7 @@ pub struct QueueDef {
     /// Bindings from exchanges to this queue.
     #[serde(default)]
     pub bind: Vec<BindDef>,
-    /// Where rejected and failed messages go.
+    /// Dead-letter target for rejected and failed messages.
     pub dead_letter: Option<DeadLetterDef>,
     /// Time after which a message in this queue expires, such as `1h`.
     #[schemars(with = "Option<String>")]
@@ -173,7 +173,7 @@ pub struct DeadLetterDef {
     pub routing_key: Option<String>,
 }
 
-/// How CloudEvents attributes travel on AMQP.
+/// Wire encoding of CloudEvents attributes on AMQP.
 #[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
@@ -191,7 +191,7 @@ pub struct EventDef {
     /// JSON Schema file of the event data, relative to the schemas folder.
     #[schemars(with = "String")]
     pub schema: Spanned<String>,
-    /// Where events of this type are published: one target or a list.
+    /// Publish targets of this event type: one table or a list.
     #[serde(default)]
     pub publish: OneOrMany<PublishDef>,
     /// Wire encoding on AMQP. Default `structured`.
@@ -321,7 +321,7 @@ pub struct RetryDef {
     #[schemars(with = "String")]
     #[serde(default = "default_backoff")]
     pub backoff: HumanDuration,
-    /// Longest delay between two calls. Default `5m`.
+    /// Maximum delay between two calls. Default `5m`.
     #[schemars(with = "String")]
     #[serde(default = "default_max_backoff")]
     pub max_backoff: HumanDuration,
