@@ -7,7 +7,9 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::Value;
 use switchyard_tests::shop::{self, HANDLED};
-use switchyard_tests::{BrokerMode, Switchyard, component, serial, shop_manifest};
+use switchyard_tests::{
+    BrokerMode, Switchyard, component, serial, shop_manifest, streaming_manifest,
+};
 use tempfile::TempDir;
 
 async fn start_shop(dir: &TempDir) -> anyhow::Result<Switchyard> {
@@ -52,6 +54,26 @@ async fn invalid_requests_rejected_embedded() -> anyhow::Result<()> {
     shop::check_invalid_requests(&process).await?;
     let handled = process.metrics().await?.count(HANDLED, &[]);
     assert_eq!(handled, 0, "handler outcomes after invalid requests only");
+    process.stop_cleanly().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn streaming_part_embedded() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir()?;
+    let manifests = [shop_manifest(), streaming_manifest()];
+    // KAFKA_BOOTSTRAP points nowhere: --embedded replaces the Kafka broker too.
+    let env = [("KAFKA_BOOTSTRAP", "127.0.0.1:1")];
+    let process =
+        Switchyard::start_with_env(dir.path(), &manifests, BrokerMode::Embedded, &env).await?;
+
+    shop::run_flow(&process).await?;
+    let labels = [("consumer", "analytics-stream"), ("outcome", "ok")];
+    let metrics = process
+        .wait_for_count(HANDLED, &labels, 2, std::time::Duration::from_secs(30))
+        .await?;
+    assert_eq!(metrics.count(HANDLED, &labels), 2, "one per order and user");
     process.stop_cleanly().await?;
     Ok(())
 }

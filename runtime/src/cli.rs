@@ -156,6 +156,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
                 Action::Create => ("create", None),
                 Action::Unchanged => ("unchanged", None),
                 Action::Ensure => ("ensure", None),
+                Action::Update(text) => ("update", Some(text)),
                 Action::Conflict(text) => {
                     conflicts += 1;
                     ("conflict", Some(text))
@@ -169,8 +170,9 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         let count =
             |wanted: fn(&Action) -> bool| steps.iter().filter(|s| wanted(&s.action)).count();
         println!(
-            "  {} to create, {} unchanged, {} bindings to ensure, {} conflicts\n",
+            "  {} to create, {} to update, {} unchanged, {} bindings to ensure, {} conflicts\n",
             count(|a| *a == Action::Create),
+            count(|a| matches!(a, Action::Update(_))),
             count(|a| *a == Action::Unchanged),
             count(|a| *a == Action::Ensure),
             count(|a| matches!(a, Action::Conflict(_))),

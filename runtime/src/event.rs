@@ -1,8 +1,9 @@
-//! The CloudEvents 1.0 envelope and its encodings on AMQP 0-9-1.
+//! The CloudEvents 1.0 envelope and its encodings on AMQP 0-9-1 and Kafka.
 //!
 //! Publishing writes structured mode (an `application/cloudevents+json` body)
-//! or binary mode (`cloudEvents_*` headers, the prefix of the CloudEvents
-//! AMQP binding, with the data alone in the body). Consuming accepts both,
+//! or binary mode: attributes in headers and the data alone in the body. The
+//! header prefix is `cloudEvents_` on AMQP (the CloudEvents AMQP binding) and
+//! `ce_` on Kafka (the Kafka binding). Consuming accepts all of them,
 //! the `{"id", "type", "timestamp", "data"}` envelope of the services
 //! switchyard replaces, and a bare JSON body whose type is the routing key.
 
@@ -16,7 +17,8 @@ use crate::broker::{HeaderValue, Headers, Message};
 pub const SPEC_VERSION: &str = "1.0";
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const JSON_CONTENT_TYPE: &str = "application/json";
-const BINARY_PREFIX: &str = "cloudEvents_";
+const AMQP_PREFIX: &str = "cloudEvents_";
+const KAFKA_PREFIX: &str = "ce_";
 
 /// One CloudEvents 1.0 event whose data is JSON.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,11 +57,14 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Layout of an event in an AMQP message.
+/// Layout of an event in a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireFormat {
     Structured,
+    /// Binary mode with `cloudEvents_*` headers, for AMQP.
     Binary,
+    /// Binary mode with `ce_*` headers, for Kafka.
+    KafkaBinary,
 }
 
 /// Reason a message could not be decoded as an event.
@@ -83,7 +88,8 @@ pub enum DecodeError {
 pub fn encode(event: &Event, format: WireFormat, routing_key: &str) -> Message {
     match format {
         WireFormat::Structured => encode_structured(event, routing_key),
-        WireFormat::Binary => encode_binary(event, routing_key),
+        WireFormat::Binary => encode_binary(event, AMQP_PREFIX, routing_key),
+        WireFormat::KafkaBinary => encode_binary(event, KAFKA_PREFIX, routing_key),
     }
 }
 
@@ -117,10 +123,10 @@ fn encode_structured(event: &Event, routing_key: &str) -> Message {
     }
 }
 
-fn encode_binary(event: &Event, routing_key: &str) -> Message {
+fn encode_binary(event: &Event, prefix: &str, routing_key: &str) -> Message {
     let mut headers = Headers::new();
     let mut put = |name: &str, value: &str| {
-        headers.insert(format!("{BINARY_PREFIX}{name}"), HeaderValue::from(value));
+        headers.insert(format!("{prefix}{name}"), HeaderValue::from(value));
     };
     put("specversion", SPEC_VERSION);
     put("id", &event.id);
@@ -152,8 +158,13 @@ fn encode_binary(event: &Event, routing_key: &str) -> Message {
 
 /// Decodes a delivered message into an event, whatever envelope it uses.
 pub fn decode(message: &Message) -> Result<Event, DecodeError> {
-    if message.headers.contains_key("cloudEvents_specversion") {
-        return decode_binary(message);
+    for prefix in [AMQP_PREFIX, KAFKA_PREFIX] {
+        if message
+            .headers
+            .contains_key(&format!("{prefix}specversion"))
+        {
+            return decode_binary(message, prefix);
+        }
     }
     let body: Value = serde_json::from_slice(&message.body)
         .map_err(|err| DecodeError::InvalidJson(err.to_string()))?;
@@ -164,10 +175,10 @@ pub fn decode(message: &Message) -> Result<Event, DecodeError> {
     }
 }
 
-fn decode_binary(message: &Message) -> Result<Event, DecodeError> {
+fn decode_binary(message: &Message, prefix: &str) -> Result<Event, DecodeError> {
     let mut attributes = BTreeMap::new();
     for (name, value) in &message.headers {
-        if let Some(attribute) = name.strip_prefix(BINARY_PREFIX) {
+        if let Some(attribute) = name.strip_prefix(prefix) {
             attributes.insert(attribute.to_owned(), value.to_text());
         }
     }
@@ -370,6 +381,32 @@ mod tests {
         );
         assert_eq!(&message.body[..], br#"{"orderId":"o-1"}"#);
         assert_eq!(decode(&message).unwrap(), event);
+    }
+
+    #[test]
+    fn kafka_binary_round_trip() {
+        let event = order();
+        let message = encode(&event, WireFormat::KafkaBinary, "");
+        assert_eq!(
+            message.headers.get("ce_type"),
+            Some(&HeaderValue::from("order.placed"))
+        );
+        assert_eq!(
+            message.headers.get("ce_traceparent"),
+            Some(&HeaderValue::from("00-abc-def-01"))
+        );
+        assert!(!message.headers.contains_key("cloudEvents_type"));
+        assert_eq!(message.content_type.as_deref(), Some(JSON_CONTENT_TYPE));
+        assert_eq!(decode(&message).unwrap(), event);
+    }
+
+    #[test]
+    fn bare_kafka_record_has_no_type() {
+        let message = Message {
+            body: Bytes::from_static(br#"{"orderId":"o-1"}"#),
+            ..Message::default()
+        };
+        assert_eq!(decode(&message), Err(DecodeError::NoType));
     }
 
     #[test]

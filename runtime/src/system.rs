@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::embedded::EmbeddedBroker;
 use crate::broker::{Broker, Deferred};
-use crate::dispatch::{self, Consumer, Publisher, RetryPolicy, Route, Services};
+use crate::dispatch::{
+    self, Consumer, Destination, Input, Publisher, QueueInput, RetryPolicy, Route, Services,
+    TopicInput,
+};
 use crate::event::WireFormat;
 use crate::handler::{CallContext, HandlerHost, Limits};
 use crate::ingress::{self, Ingress, Producer};
@@ -144,16 +147,26 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         } else {
             let url = manifest.broker_urls.get(name).cloned().unwrap_or_default();
             let def = &manifest.brokers[name].def;
+            let confirm_timeout = def.confirm_timeout.map(|t| t.0);
             match def.kind {
                 BrokerKind::Amqp => Target::Amqp {
                     url,
-                    confirm_timeout: def.confirm_timeout.map(|t| t.0),
+                    confirm_timeout,
+                },
+                BrokerKind::Kafka => Target::Kafka {
+                    bootstrap: url,
+                    client_options: manifest
+                        .broker_options
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_default(),
+                    delivery_timeout: confirm_timeout,
                 },
             }
         };
         let broker_consumers: Vec<Consumer> = consumers
             .iter()
-            .filter(|c| manifest.queue_broker(&c.queue) == Some(name.as_str()))
+            .filter(|c| manifest.consumer_broker(&c.name) == Some(name.as_str()))
             .cloned()
             .collect();
         let start = BrokerStart {
@@ -215,12 +228,44 @@ pub async fn plan(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<topology
 async fn connect_once(manifest: &Manifest, name: &str) -> anyhow::Result<Arc<dyn Broker>> {
     let def = &manifest.brokers[name].def;
     let url = manifest.broker_urls.get(name).cloned().unwrap_or_default();
+    let confirm_timeout = def.confirm_timeout.map(|t| t.0);
+    let broker: Arc<dyn Broker> = match def.kind {
+        BrokerKind::Amqp => Arc::new(connect_amqp(name, &url, confirm_timeout).await?),
+        BrokerKind::Kafka => {
+            let client_options = manifest
+                .broker_options
+                .get(name)
+                .cloned()
+                .unwrap_or_default();
+            Arc::new(connect_kafka(name, &url, &client_options, confirm_timeout).await?)
+        }
+    };
+    Ok(broker)
+}
+
+async fn connect_amqp(
+    name: &str,
+    url: &str,
+    confirm_timeout: Option<Duration>,
+) -> Result<crate::broker::amqp::AmqpBroker, crate::broker::BrokerError> {
     let mut options = crate::broker::amqp::AmqpOptions::default();
-    if let Some(timeout) = def.confirm_timeout {
-        options.confirm_timeout = timeout.0;
+    if let Some(timeout) = confirm_timeout {
+        options.confirm_timeout = timeout;
     }
-    let broker = crate::broker::amqp::AmqpBroker::connect(name, &url, options).await?;
-    Ok(Arc::new(broker))
+    crate::broker::amqp::AmqpBroker::connect(name, url, options).await
+}
+
+async fn connect_kafka(
+    name: &str,
+    bootstrap: &str,
+    client_options: &std::collections::BTreeMap<String, String>,
+    delivery_timeout: Option<Duration>,
+) -> Result<crate::broker::kafka::KafkaBroker, crate::broker::BrokerError> {
+    let mut options = crate::broker::kafka::KafkaOptions::default();
+    if let Some(timeout) = delivery_timeout {
+        options.delivery_timeout = timeout;
+    }
+    crate::broker::kafka::KafkaBroker::connect(name, bootstrap, client_options, options).await
 }
 
 /// Validates one event and publishes it to every target of its type,
@@ -297,6 +342,11 @@ enum Target {
         url: String,
         confirm_timeout: Option<Duration>,
     },
+    Kafka {
+        bootstrap: String,
+        client_options: std::collections::BTreeMap<String, String>,
+        delivery_timeout: Option<Duration>,
+    },
 }
 
 /// The start-up of one broker: connect, provision, start consumers.
@@ -364,7 +414,7 @@ impl BrokerStart {
         readiness.set("topology", true, "provisioned");
         tracing::info!(broker = %self.name, exchanges = self.topology.exchanges.len(),
             queues = self.topology.queues.len(), bindings = self.topology.bindings.len(),
-            "topology provisioned");
+            topics = self.topology.topics.len(), "topology provisioned");
 
         let mut running = tokio::task::JoinSet::new();
         for mut consumer in self.consumers {
@@ -387,32 +437,36 @@ impl BrokerStart {
 /// Connects to a broker, retrying with capped exponential backoff and
 /// jitter while it is unreachable.
 async fn connect(name: &str, target: &Target, readiness: &Readiness) -> Arc<dyn Broker> {
-    match target {
-        Target::Embedded(broker) => broker.clone(),
-        Target::Amqp {
-            url,
-            confirm_timeout,
-        } => {
-            let mut attempt = 0u32;
-            loop {
-                attempt += 1;
-                let mut options = crate::broker::amqp::AmqpOptions::default();
-                if let Some(timeout) = confirm_timeout {
-                    options.confirm_timeout = *timeout;
-                }
-                match crate::broker::amqp::AmqpBroker::connect(name, url, options).await {
-                    Ok(broker) => {
-                        tracing::info!(broker = name, attempt, "broker connected");
-                        return Arc::new(broker);
-                    }
-                    Err(err) => {
-                        let delay = reconnect_delay(attempt);
-                        tracing::warn!(broker = name, attempt, error = %err, retry_in = ?delay,
-                            "cannot connect to broker");
-                        readiness.set(format!("broker:{name}"), false, err.to_string());
-                        tokio::time::sleep(delay).await;
-                    }
-                }
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let result: Result<Arc<dyn Broker>, crate::broker::BrokerError> = match target {
+            Target::Embedded(broker) => return broker.clone(),
+            Target::Amqp {
+                url,
+                confirm_timeout,
+            } => connect_amqp(name, url, *confirm_timeout)
+                .await
+                .map(|broker| Arc::new(broker) as Arc<dyn Broker>),
+            Target::Kafka {
+                bootstrap,
+                client_options,
+                delivery_timeout,
+            } => connect_kafka(name, bootstrap, client_options, *delivery_timeout)
+                .await
+                .map(|broker| Arc::new(broker) as Arc<dyn Broker>),
+        };
+        match result {
+            Ok(broker) => {
+                tracing::info!(broker = name, attempt, "broker connected");
+                return broker;
+            }
+            Err(err) => {
+                let delay = reconnect_delay(attempt);
+                tracing::warn!(broker = name, attempt, error = %err, retry_in = ?delay,
+                    "cannot connect to broker");
+                readiness.set(format!("broker:{name}"), false, err.to_string());
+                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -424,9 +478,10 @@ fn reconnect_delay(attempt: u32) -> Duration {
         .mul_f64(rand::random_range(0.5..1.0))
 }
 
-/// Returns the publish targets of every event type.
+/// Returns the publish targets of every event type: the exchanges in its
+/// `publish` list, then every topic that lists it.
 fn routes(manifest: &Manifest) -> HashMap<String, Vec<Route>> {
-    manifest
+    let mut routes: HashMap<String, Vec<Route>> = manifest
         .events
         .iter()
         .map(|(event_type, entry)| {
@@ -443,15 +498,71 @@ fn routes(manifest: &Manifest) -> HashMap<String, Vec<Route>> {
                     let exchange = target.exchange.get_ref();
                     Some(Route {
                         broker: manifest.exchange_broker(exchange)?.to_owned(),
-                        exchange: exchange.clone(),
-                        routing_key: target.routing_key.clone(),
-                        format,
+                        destination: Destination::Exchange {
+                            exchange: exchange.clone(),
+                            routing_key: target.routing_key.clone(),
+                            format,
+                        },
                     })
                 })
                 .collect();
             (event_type.clone(), targets)
         })
-        .collect()
+        .collect();
+    for (topic, entry) in &manifest.topics {
+        for target in &entry.def.events {
+            let key = target
+                .key
+                .as_ref()
+                .and_then(|key| manifest::parse_partition_key(key.get_ref()).ok());
+            routes
+                .entry(target.event.get_ref().clone())
+                .or_default()
+                .push(Route {
+                    broker: entry.def.broker.get_ref().clone(),
+                    destination: Destination::Topic {
+                        topic: topic.clone(),
+                        key,
+                    },
+                });
+        }
+    }
+    routes
+}
+
+/// Returns what a consumer reads. The manifest checks have made sure that
+/// the consumer names exactly one existing queue or topic.
+fn consumer_input(
+    manifest: &Manifest,
+    name: &str,
+    def: &manifest::ConsumerDef,
+) -> anyhow::Result<Input> {
+    if let Some(queue) = &def.queue {
+        let queue = queue.get_ref();
+        let queue_def = &manifest.queues[queue].def;
+        let dead_letter = queue_def
+            .dead_letter
+            .as_ref()
+            .context("consumer queue without dead-letter exchange")?;
+        return Ok(Input::Queue(QueueInput {
+            queue: queue.clone(),
+            retry_queue: topology::retry_queue_name(queue),
+            dead_letter_exchange: dead_letter.exchange.get_ref().clone(),
+            dead_letter_routing_key: dead_letter.routing_key.clone(),
+        }));
+    }
+    let topic = def
+        .topic
+        .as_ref()
+        .with_context(|| format!("consumer `{name}` has neither a queue nor a topic"))?
+        .get_ref();
+    let partitions = manifest.topics[topic].def.partitions.max(1);
+    Ok(Input::Topic(TopicInput {
+        topic: topic.clone(),
+        group: def.group.clone().unwrap_or_else(|| name.to_owned()),
+        dead_letter_topic: topology::dead_letter_topic(manifest, topic),
+        members: def.concurrency.min(u32::try_from(partitions).unwrap_or(1)),
+    }))
 }
 
 fn producers(manifest: &Manifest) -> anyhow::Result<Vec<Producer>> {
@@ -479,19 +590,13 @@ fn consumers(
     let mut consumers = Vec::new();
     for (name, entry) in &manifest.consumers {
         let def = &entry.def;
-        let queue = def.queue.get_ref();
-        let queue_def = &manifest.queues[queue].def;
-        let broker_name = queue_def.broker.get_ref();
-        let dead_letter = queue_def
-            .dead_letter
-            .as_ref()
-            .context("consumer queue without dead-letter exchange")?;
+        let input = consumer_input(manifest, name, def)?;
+        let broker_name = manifest
+            .consumer_broker(name)
+            .with_context(|| format!("consumer `{name}` has no broker"))?;
         consumers.push(Consumer {
             name: Arc::from(name.as_str()),
-            queue: queue.clone(),
-            retry_queue: topology::retry_queue_name(queue),
-            dead_letter_exchange: dead_letter.exchange.get_ref().clone(),
-            dead_letter_routing_key: dead_letter.routing_key.clone(),
+            input,
             broker: brokers[broker_name].clone(),
             prefetch: def.prefetch,
             concurrency: def.concurrency,

@@ -1,5 +1,5 @@
-//! The desired state of a broker: exchanges, queues and bindings derived from
-//! the manifest, and their provisioning.
+//! The desired state of a broker: exchanges, queues, bindings and topics
+//! derived from the manifest, and their provisioning.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -75,6 +75,35 @@ pub struct BindingSpec {
     pub routing_key: String,
 }
 
+/// A Kafka topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Topic configuration entries such as `retention.ms`.
+    pub config: BTreeMap<String, String>,
+}
+
+/// What a broker reports of an existing topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicState {
+    pub partitions: i32,
+    /// The current values of the configuration entries that were asked for;
+    /// an entry the broker does not report is missing.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Returns the dead-letter topic of a topic: its `dead_letter` setting or
+/// the topic's name followed by `.dead-letters`.
+pub fn dead_letter_topic(manifest: &Manifest, topic: &str) -> String {
+    manifest
+        .topics
+        .get(topic)
+        .and_then(|t| t.def.dead_letter.clone())
+        .unwrap_or_else(|| format!("{topic}.dead-letters"))
+}
+
 /// Name of the exchange and queue that keep what no binding routes.
 pub const UNROUTABLE: &str = "unroutable";
 
@@ -90,6 +119,7 @@ pub struct BrokerTopology {
     pub exchanges: Vec<ExchangeSpec>,
     pub queues: Vec<QueueSpec>,
     pub bindings: Vec<BindingSpec>,
+    pub topics: Vec<TopicSpec>,
 }
 
 /// Derives the desired state of every broker from the manifest: its
@@ -146,9 +176,49 @@ pub fn desired(manifest: &Manifest) -> BTreeMap<String, BrokerTopology> {
         }
     }
 
+    for (name, entry) in &manifest.topics {
+        let def = &entry.def;
+        let Some(topology) = brokers.get_mut(def.broker.get_ref()) else {
+            continue;
+        };
+        topology.topics.push(TopicSpec {
+            name: name.clone(),
+            partitions: def.partitions,
+            replication_factor: def.replication_factor,
+            config: def.config.clone(),
+        });
+    }
+
     add_unroutable(&mut brokers, manifest);
     add_retry_queues(&mut brokers, manifest);
+    add_dead_letter_topics(&mut brokers, manifest);
     brokers
+}
+
+/// Adds the dead-letter topic of every consumed topic, with the topic's
+/// partitions and replication but none of its configuration.
+fn add_dead_letter_topics(brokers: &mut BTreeMap<String, BrokerTopology>, manifest: &Manifest) {
+    for entry in manifest.consumers.values() {
+        let Some(topic) = &entry.def.topic else {
+            continue;
+        };
+        let Some(def) = manifest.topics.get(topic.get_ref()).map(|t| &t.def) else {
+            continue;
+        };
+        let Some(topology) = brokers.get_mut(def.broker.get_ref()) else {
+            continue;
+        };
+        let name = dead_letter_topic(manifest, topic.get_ref());
+        if topology.topics.iter().any(|t| t.name == name) {
+            continue;
+        }
+        topology.topics.push(TopicSpec {
+            name,
+            partitions: def.partitions,
+            replication_factor: def.replication_factor,
+            config: BTreeMap::new(),
+        });
+    }
 }
 
 fn add_unroutable(brokers: &mut BTreeMap<String, BrokerTopology>, manifest: &Manifest) {
@@ -188,7 +258,10 @@ fn add_unroutable(brokers: &mut BTreeMap<String, BrokerTopology>, manifest: &Man
 
 fn add_retry_queues(brokers: &mut BTreeMap<String, BrokerTopology>, manifest: &Manifest) {
     for entry in manifest.consumers.values() {
-        let queue = entry.def.queue.get_ref();
+        let Some(queue) = &entry.def.queue else {
+            continue;
+        };
+        let queue = queue.get_ref();
         let Some(broker) = manifest.queue_broker(queue) else {
             continue;
         };
@@ -233,13 +306,19 @@ fn queue_kind(kind: QueueType) -> QueueKind {
     }
 }
 
-/// Declares a broker's desired state: exchanges, then queues, then bindings.
-/// Keeps going after a conflict so that all of them are reported at once.
+/// Declares a broker's desired state: exchanges, then queues, then bindings,
+/// and creates missing topics. Keeps going after a conflict so that all of
+/// them are reported at once.
 pub async fn provision(
     broker: &dyn Broker,
     topology: &BrokerTopology,
 ) -> Result<(), Vec<BrokerError>> {
     let mut errors = Vec::new();
+    for topic in &topology.topics {
+        if let Err(err) = provision_topic(broker, topic).await {
+            errors.push(err);
+        }
+    }
     for exchange in &topology.exchanges {
         if let Err(err) = broker.declare_exchange(exchange).await {
             errors.push(err);
@@ -265,11 +344,51 @@ pub async fn provision(
     }
 }
 
+/// Creates a missing topic. An existing topic with fewer partitions than
+/// wanted gets more; one with more partitions, or with other configuration
+/// values, is left as it is with a warning, because partitions cannot be
+/// removed and configuration drift is for an operator to settle.
+async fn provision_topic(broker: &dyn Broker, topic: &TopicSpec) -> Result<(), BrokerError> {
+    let Some(state) = broker.describe_topic(topic).await? else {
+        return broker.create_topic(topic).await;
+    };
+    if state.partitions < topic.partitions {
+        tracing::info!(topic = %topic.name, from = state.partitions, to = topic.partitions,
+            "adding partitions to topic");
+        broker.add_partitions(topic).await?;
+    } else if state.partitions > topic.partitions {
+        tracing::warn!(topic = %topic.name, existing = state.partitions, wanted = topic.partitions,
+            "topic has more partitions than the manifest asks for; Kafka cannot remove partitions");
+    }
+    for difference in config_differences(topic, &state) {
+        tracing::warn!(topic = %topic.name, %difference,
+            "topic configuration differs from the manifest; `switchyard plan` lists it");
+    }
+    Ok(())
+}
+
+/// Lists the configuration entries of a topic whose value on the broker
+/// differs from the manifest, as `key: existing -> wanted`.
+fn config_differences(topic: &TopicSpec, state: &TopicState) -> Vec<String> {
+    topic
+        .config
+        .iter()
+        .filter(|(key, wanted)| state.config.get(*key) != Some(*wanted))
+        .map(|(key, wanted)| {
+            let existing = state.config.get(key).map_or("(unset)", String::as_str);
+            format!("{key}: {existing} -> {wanted}")
+        })
+        .collect()
+}
+
 /// Action that provisioning would take on one entity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Create,
     Unchanged,
+    /// The broker can change the entity in place, such as a topic's
+    /// configuration or partition count; the text names the differences.
+    Update(String),
     /// The broker cannot change the entity in place; the text names the
     /// existing and the wanted values and the way out.
     Conflict(String),
@@ -320,6 +439,13 @@ pub async fn plan(
             action,
         });
     }
+    for topic in &topology.topics {
+        steps.push(Step {
+            kind: "topic",
+            name: topic.name.clone(),
+            action: plan_topic(broker, topic).await?,
+        });
+    }
     for binding in &topology.bindings {
         let new_end = steps.iter().any(|step| {
             step.action == Action::Create
@@ -342,10 +468,110 @@ pub async fn plan(
     Ok(steps)
 }
 
+async fn plan_topic(broker: &dyn Broker, topic: &TopicSpec) -> Result<Action, BrokerError> {
+    let Some(state) = broker.describe_topic(topic).await? else {
+        return Ok(Action::Create);
+    };
+    if state.partitions > topic.partitions {
+        return Ok(Action::Conflict(format!(
+            "topic `{}` has {} partitions and the manifest asks for {}; Kafka cannot remove \
+             partitions, so raise `partitions` to {} or delete and re-create the topic",
+            topic.name, state.partitions, topic.partitions, state.partitions
+        )));
+    }
+    let mut changes = Vec::new();
+    if state.partitions < topic.partitions {
+        changes.push(format!(
+            "partitions: {} -> {}",
+            state.partitions, topic.partitions
+        ));
+    }
+    changes.extend(config_differences(topic, &state));
+    if changes.is_empty() {
+        Ok(Action::Unchanged)
+    } else {
+        Ok(Action::Update(changes.join(", ")))
+    }
+}
+
 fn compare(result: Result<(), BrokerError>) -> Result<Action, BrokerError> {
     match result {
         Ok(()) => Ok(Action::Unchanged),
         Err(BrokerError::Conflict(text)) => Ok(Action::Conflict(text)),
         Err(other) => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::broker::embedded::EmbeddedBroker;
+    use crate::manifest::{Purpose, load};
+
+    fn reference_system() -> Manifest {
+        let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        let paths = [folder.join("shop.toml"), folder.join("streaming.toml")];
+        let loaded = load(&paths, Purpose::Run, &|_| None);
+        assert!(loaded.problems.is_empty(), "{}", loaded.render());
+        loaded.manifest
+    }
+
+    #[test]
+    fn streaming_topics_with_dead_letter_topic() {
+        let desired = desired(&reference_system());
+        let stream = &desired["stream"];
+        assert!(stream.exchanges.is_empty() && stream.queues.is_empty());
+        let names: Vec<&str> = stream.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["analytics", "analytics.dead-letters"]);
+        assert_eq!(stream.topics[0].partitions, 3);
+        assert_eq!(stream.topics[0].config["retention.ms"], "604800000");
+        assert!(stream.topics[1].config.is_empty());
+        assert!(desired["rabbit"].topics.is_empty());
+    }
+
+    #[tokio::test]
+    async fn topic_plan_create_update_conflict() {
+        let broker = EmbeddedBroker::new();
+        let mut topology = desired(&reference_system()).remove("stream").unwrap();
+        let actions = |steps: Vec<Step>| -> Vec<Action> {
+            steps.into_iter().map(|step| step.action).collect()
+        };
+
+        let steps = plan(&broker, &topology).await.unwrap();
+        assert_eq!(actions(steps), [Action::Create, Action::Create]);
+        provision(&broker, &topology).await.unwrap();
+        let steps = plan(&broker, &topology).await.unwrap();
+        assert_eq!(actions(steps), [Action::Unchanged, Action::Unchanged]);
+
+        topology.topics[0].partitions = 5;
+        topology.topics[0]
+            .config
+            .insert("retention.ms".into(), "1000".into());
+        let steps = plan(&broker, &topology).await.unwrap();
+        assert_eq!(
+            steps[0].action,
+            Action::Update("partitions: 3 -> 5, retention.ms: 604800000 -> 1000".into())
+        );
+
+        topology.topics[0].partitions = 2;
+        let steps = plan(&broker, &topology).await.unwrap();
+        let Action::Conflict(text) = &steps[0].action else {
+            panic!("expected a conflict, got {:?}", steps[0].action);
+        };
+        assert!(text.contains("has 3 partitions"), "{text}");
+        assert!(text.contains("raise `partitions` to 3"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn provision_adds_partitions() {
+        let broker = EmbeddedBroker::new();
+        let mut topology = desired(&reference_system()).remove("stream").unwrap();
+        provision(&broker, &topology).await.unwrap();
+        topology.topics[0].partitions = 6;
+        provision(&broker, &topology).await.unwrap();
+        let state = broker.describe_topic(&topology.topics[0]).await.unwrap();
+        assert_eq!(state.map(|s| s.partitions), Some(6));
     }
 }

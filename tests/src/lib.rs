@@ -8,6 +8,7 @@
 //! that cannot reach it fails with a message naming what is missing.
 
 mod binary;
+mod kafka;
 mod logs;
 mod manifests;
 mod metrics;
@@ -18,6 +19,7 @@ pub mod shop;
 use std::path::{Path, PathBuf};
 
 pub use binary::switchyard_binary;
+pub use kafka::{KafkaRecord, OutgoingRecord, Tansu};
 pub use logs::{ChaosCall, LogLine};
 pub use manifests::{ChaosConsumer, chaos_manifest, queues_only_manifest};
 pub use metrics::Metrics;
@@ -34,6 +36,12 @@ pub fn repo_root() -> &'static Path {
 /// Returns the path of the shop manifest, `manifests/shop.toml`.
 pub fn shop_manifest() -> PathBuf {
     repo_root().join("manifests/shop.toml")
+}
+
+/// Returns the path of the Kafka part of the reference system,
+/// `manifests/streaming.toml`.
+pub fn streaming_manifest() -> PathBuf {
+    repo_root().join("manifests/streaming.toml")
 }
 
 /// Returns the path of a committed component and fails with the build

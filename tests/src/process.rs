@@ -100,11 +100,35 @@ impl Switchyard {
         Ok(process)
     }
 
+    /// Starts `switchyard up` with extra environment variables, such as
+    /// `KAFKA_BOOTSTRAP`, and waits until `/readyz` returns 200.
+    pub async fn start_with_env(
+        dir: &Path,
+        manifests: &[PathBuf],
+        mode: BrokerMode,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut process = Switchyard::spawn_with_env(dir, manifests, mode, env).await?;
+        process.wait_ready().await?;
+        Ok(process)
+    }
+
     /// Starts `switchyard up` without waiting for readiness.
     pub async fn spawn(
         dir: &Path,
         manifests: &[PathBuf],
         mode: BrokerMode,
+    ) -> anyhow::Result<Self> {
+        Switchyard::spawn_with_env(dir, manifests, mode, &[]).await
+    }
+
+    /// Starts `switchyard up` with extra environment variables, without
+    /// waiting for readiness.
+    pub async fn spawn_with_env(
+        dir: &Path,
+        manifests: &[PathBuf],
+        mode: BrokerMode,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         static RUNS: AtomicU32 = AtomicU32::new(0);
         let run = RUNS.fetch_add(1, Ordering::Relaxed);
@@ -127,6 +151,7 @@ impl Switchyard {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
+            .envs(env.iter().copied())
             .kill_on_drop(true);
         match &mode {
             BrokerMode::RabbitMq => {

@@ -3,7 +3,8 @@
 //! direct, fanout, topic and headers exchanges, the default exchange,
 //! alternate exchanges, FIFO queues with prefetch, competing consumers,
 //! requeue, dead-lettering and message TTL. It keeps everything in memory and
-//! has no connection to lose.
+//! has no connection to lose. It also has Kafka-like topics with consumer
+//! groups, described in `log.rs`.
 //!
 //! Differences from RabbitMQ that a caller could notice:
 //! - Every queue type (classic, quorum, stream) behaves as a classic queue.
@@ -20,6 +21,7 @@
 //! takes the arguments.
 
 mod equivalence;
+mod log;
 #[cfg(test)]
 mod rabbitmq_comparison;
 mod routing;
@@ -40,8 +42,11 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use self::state::{QueueIndex, Settlement, State};
-use crate::broker::{Acker, Broker, BrokerError, Deliveries, Delivery, Headers, Message};
-use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
+use crate::broker::{
+    Acker, Broker, BrokerError, Deliveries, Delivery, Headers, Message, SubscribeOptions,
+    TopicReader,
+};
+use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec, TopicSpec, TopicState};
 
 /// An in-memory broker with RabbitMQ's routing and queueing semantics. Clones
 /// share one broker.
@@ -57,6 +62,7 @@ struct Inner {
     state: Mutex<State>,
     /// A copy of `State::expiry_wakeup`, reachable without the lock.
     expiry_wakeup: Arc<Notify>,
+    topics: Arc<log::Topics>,
 }
 
 impl Inner {
@@ -90,6 +96,7 @@ impl EmbeddedBroker {
             Inner {
                 state: Mutex::new(state),
                 expiry_wakeup,
+                topics: Arc::default(),
             }
         });
         EmbeddedBroker { inner }
@@ -210,6 +217,30 @@ impl Broker for EmbeddedBroker {
 
     async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
         Ok(self.inner.lock().has_queue(name))
+    }
+
+    async fn create_topic(&self, spec: &TopicSpec) -> Result<(), BrokerError> {
+        self.inner.topics.create(spec)
+    }
+
+    async fn add_partitions(&self, spec: &TopicSpec) -> Result<(), BrokerError> {
+        self.inner.topics.add_partitions(spec)
+    }
+
+    async fn describe_topic(&self, spec: &TopicSpec) -> Result<Option<TopicState>, BrokerError> {
+        Ok(self.inner.topics.describe(spec))
+    }
+
+    async fn produce(&self, topic: &str, message: Message) -> Result<(), BrokerError> {
+        self.inner.topics.append(topic, message)
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: &SubscribeOptions,
+    ) -> Result<Box<dyn TopicReader>, BrokerError> {
+        self.inner.topics.subscribe(topic, options)
     }
 
     fn is_connected(&self) -> bool {

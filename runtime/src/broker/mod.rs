@@ -4,6 +4,7 @@
 
 pub mod amqp;
 pub mod embedded;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
-use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
+use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec, TopicSpec, TopicState};
 
 /// Message headers, as AMQP 0-9-1 field tables carry them.
 pub type Headers = BTreeMap<String, HeaderValue>;
@@ -67,7 +68,10 @@ impl From<i64> for HeaderValue {
 /// A message as published and as delivered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {
+    /// AMQP routing key; empty on Kafka.
     pub routing_key: String,
+    /// Kafka record key, which picks the partition; unused on AMQP.
+    pub key: Option<Bytes>,
     pub headers: Headers,
     pub content_type: Option<String>,
     pub message_id: Option<String>,
@@ -124,7 +128,46 @@ pub trait Acker: Send + Sync {
 /// connection is lost; the caller then subscribes again.
 pub type Deliveries = Pin<Box<dyn Stream<Item = Result<Delivery, BrokerError>> + Send>>;
 
-/// A message broker with AMQP 0-9-1 semantics.
+/// One record read from a topic partition.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub message: Message,
+}
+
+/// Settings of one consumer group member.
+#[derive(Clone, Debug)]
+pub struct SubscribeOptions {
+    /// Consumer group id.
+    pub group: String,
+    /// Client id of this member, shown by the broker's group tools.
+    pub client_id: String,
+    /// Longest time between two reads before the group considers this member
+    /// stuck and gives its partitions to another member.
+    pub max_poll_interval: Duration,
+}
+
+/// A member of a consumer group reading one topic. Records arrive in
+/// partition order, and the group's committed position only moves past a
+/// record that was committed, so a record read but never committed is
+/// read again after a restart or a rebalance.
+#[async_trait]
+pub trait TopicReader: Send {
+    /// Waits for the next record of the partitions assigned to this member.
+    async fn next(&mut self) -> Result<Record, BrokerError>;
+
+    /// Marks `record` and every earlier record of its partition as done.
+    fn commit(&mut self, record: &Record) -> Result<(), BrokerError>;
+
+    /// Writes the marked positions to the broker and leaves the group.
+    async fn close(self: Box<Self>);
+}
+
+/// A message broker: AMQP 0-9-1 exchanges and queues, Kafka topics, or both
+/// (the embedded broker). Operations of the model a broker does not have
+/// fail with `BrokerError::Unsupported`.
 #[async_trait]
 pub trait Broker: Send + Sync {
     /// Declares an exchange. An existing exchange with other properties is a
@@ -159,6 +202,50 @@ pub trait Broker: Send + Sync {
 
     /// Reports whether a queue exists, without changing anything.
     async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError>;
+
+    /// Creates a topic, which must not exist yet.
+    async fn create_topic(&self, spec: &TopicSpec) -> Result<(), BrokerError> {
+        Err(BrokerError::Unsupported(format!(
+            "cannot create topic `{}`: this broker has no topics",
+            spec.name
+        )))
+    }
+
+    /// Raises an existing topic's partition count to `spec.partitions`.
+    async fn add_partitions(&self, spec: &TopicSpec) -> Result<(), BrokerError> {
+        Err(BrokerError::Unsupported(format!(
+            "cannot add partitions to topic `{}`: this broker has no topics",
+            spec.name
+        )))
+    }
+
+    /// Returns the partitions of a topic and the current values of the
+    /// configuration keys in `spec`, or `None` when the topic does not exist.
+    async fn describe_topic(&self, spec: &TopicSpec) -> Result<Option<TopicState>, BrokerError> {
+        Err(BrokerError::Unsupported(format!(
+            "cannot read topic `{}`: this broker has no topics",
+            spec.name
+        )))
+    }
+
+    /// Appends one record to a topic and returns once the broker
+    /// acknowledged it. `message.key` picks the partition.
+    async fn produce(&self, topic: &str, _message: Message) -> Result<(), BrokerError> {
+        Err(BrokerError::Unsupported(format!(
+            "cannot produce to topic `{topic}`: this broker has no topics"
+        )))
+    }
+
+    /// Joins a consumer group on `topic`.
+    async fn subscribe(
+        &self,
+        topic: &str,
+        _options: &SubscribeOptions,
+    ) -> Result<Box<dyn TopicReader>, BrokerError> {
+        Err(BrokerError::Unsupported(format!(
+            "cannot consume topic `{topic}`: this broker has no topics"
+        )))
+    }
 
     /// Reports whether the broker is connected now.
     fn is_connected(&self) -> bool;
@@ -199,6 +286,9 @@ pub enum BrokerError {
         routing_key: String,
     },
 
+    #[error("record for topic `{topic}` was not delivered: {reason}")]
+    NotDelivered { topic: String, reason: String },
+
     #[error("publish to exchange `{exchange}` was not confirmed within {timeout:?}")]
     ConfirmTimeout { exchange: String, timeout: Duration },
 
@@ -207,6 +297,10 @@ pub enum BrokerError {
 
     #[error("broker protocol error: {0}")]
     Protocol(String),
+
+    /// An operation of the other broker model, such as a queue on Kafka.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl BrokerError {
@@ -217,6 +311,7 @@ impl BrokerError {
             self,
             BrokerError::Unreachable { .. }
                 | BrokerError::NotConfirmed { .. }
+                | BrokerError::NotDelivered { .. }
                 | BrokerError::ConfirmTimeout { .. }
                 | BrokerError::Closed(_)
         )
@@ -289,6 +384,30 @@ impl Broker for Deferred {
 
     async fn queue_exists(&self, name: &str) -> Result<bool, BrokerError> {
         self.get()?.queue_exists(name).await
+    }
+
+    async fn create_topic(&self, spec: &TopicSpec) -> Result<(), BrokerError> {
+        self.get()?.create_topic(spec).await
+    }
+
+    async fn add_partitions(&self, spec: &TopicSpec) -> Result<(), BrokerError> {
+        self.get()?.add_partitions(spec).await
+    }
+
+    async fn describe_topic(&self, spec: &TopicSpec) -> Result<Option<TopicState>, BrokerError> {
+        self.get()?.describe_topic(spec).await
+    }
+
+    async fn produce(&self, topic: &str, message: Message) -> Result<(), BrokerError> {
+        self.get()?.produce(topic, message).await
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: &SubscribeOptions,
+    ) -> Result<Box<dyn TopicReader>, BrokerError> {
+        self.get()?.subscribe(topic, options).await
     }
 
     fn is_connected(&self) -> bool {

@@ -5,12 +5,17 @@ use std::collections::BTreeMap;
 
 use toml::Spanned;
 
-use super::{Entry, ExchangeType, Manifest, Problem, Purpose, closest};
+use super::{BrokerKind, Entry, ExchangeType, Manifest, Problem, Purpose, closest};
+
+/// CloudEvents attributes that can serve as a Kafka partition key.
+pub const KEY_ATTRIBUTES: [&str; 5] = ["id", "source", "subject", "type", "time"];
 
 /// Reports every reference to an undefined or misplaced entity.
 pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>) {
+    brokers(manifest, problems);
     exchanges(manifest, problems);
     queues(manifest, problems);
+    topics(manifest, problems);
     events(manifest, problems);
     producers(manifest, problems);
     consumers(manifest, purpose, problems);
@@ -67,6 +72,7 @@ fn undefined_code(kind: &str) -> &'static str {
         "exchange" => "undefined-exchange",
         "queue" => "undefined-queue",
         "event" => "undefined-event",
+        "topic" => "undefined-topic",
         _ => "undefined-reference",
     }
 }
@@ -97,17 +103,118 @@ fn same_broker(
     }
 }
 
+/// Reports a broker reference to a broker of another protocol, such as a
+/// queue on a Kafka broker.
+fn broker_kind(
+    manifest: &Manifest,
+    problems: &mut Vec<Problem>,
+    file: usize,
+    broker: &Spanned<String>,
+    expected: BrokerKind,
+    user: &str,
+) {
+    let Some(entry) = manifest.brokers.get(broker.get_ref()) else {
+        return;
+    };
+    if entry.def.kind == expected {
+        return;
+    }
+    let hint = match expected {
+        BrokerKind::Amqp => "exchanges and queues live on an `amqp` broker; use a topic on Kafka",
+        BrokerKind::Kafka => "topics live on a `kafka` broker; use exchanges and queues on AMQP",
+    };
+    problems.push(
+        Problem::error(
+            "wrong-broker-kind",
+            format!(
+                "{user} is on broker `{}`, which is of kind `{}`, not `{}`",
+                broker.get_ref(),
+                entry.def.kind.as_str(),
+                expected.as_str()
+            ),
+        )
+        .at(file, broker.span())
+        .hint(hint),
+    );
+}
+
+/// Reports a missing address and keys that belong to the other protocol.
+fn brokers(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (name, entry) in &manifest.brokers {
+        let def = &entry.def;
+        let (needed, example, foreign) = match def.kind {
+            BrokerKind::Amqp => (
+                def.url.is_none(),
+                "url = \"${RABBITMQ_URL}\"",
+                def.bootstrap
+                    .as_ref()
+                    .map(|b| ("bootstrap", b.span()))
+                    .or_else(|| {
+                        def.options
+                            .values()
+                            .next()
+                            .map(|value| ("options", value.span()))
+                    }),
+            ),
+            BrokerKind::Kafka => (
+                def.bootstrap.is_none(),
+                "bootstrap = \"${KAFKA_BOOTSTRAP}\"",
+                def.url.as_ref().map(|u| ("url", u.span())),
+            ),
+        };
+        let kind = def.kind.as_str();
+        if needed {
+            let key = example.split(' ').next().unwrap_or_default();
+            problems.push(
+                Problem::error(
+                    "missing-key",
+                    format!("broker `{name}` of kind `{kind}` has no `{key}`"),
+                )
+                .in_file(entry.file)
+                .hint(format!("add `{example}` to `[brokers.{name}]`")),
+            );
+        }
+        if let Some((key, span)) = foreign {
+            problems.push(
+                Problem::error(
+                    "unknown-key",
+                    format!("`{key}` does not apply to broker `{name}` of kind `{kind}`"),
+                )
+                .at(entry.file, span)
+                .hint(match def.kind {
+                    BrokerKind::Amqp => {
+                        "an `amqp` broker takes `url`; `bootstrap` and `options` are for `kafka`"
+                    }
+                    BrokerKind::Kafka => {
+                        "a `kafka` broker takes `bootstrap` and `options`; `url` is for `amqp`"
+                    }
+                }),
+            );
+        }
+    }
+}
+
 fn exchanges(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.exchanges {
         let def = &entry.def;
-        require(
+        if require(
             &manifest.broken,
             problems,
             entry.file,
             &def.broker,
             "broker",
             &manifest.brokers,
-        );
+        ) {
+            let user = format!("exchange `{name}`");
+            broker_kind(
+                manifest,
+                problems,
+                entry.file,
+                &def.broker,
+                BrokerKind::Amqp,
+                &user,
+            );
+        }
         if let Some(alternate) = &def.alternate_exchange
             && require(
                 &manifest.broken,
@@ -134,15 +241,24 @@ fn exchanges(manifest: &Manifest, problems: &mut Vec<Problem>) {
 fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.queues {
         let def = &entry.def;
-        require(
+        let user = format!("queue `{name}`");
+        if require(
             &manifest.broken,
             problems,
             entry.file,
             &def.broker,
             "broker",
             &manifest.brokers,
-        );
-        let user = format!("queue `{name}`");
+        ) {
+            broker_kind(
+                manifest,
+                problems,
+                entry.file,
+                &def.broker,
+                BrokerKind::Amqp,
+                &user,
+            );
+        }
         for binding in &def.bind {
             if require(
                 &manifest.broken,
@@ -182,6 +298,107 @@ fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
             );
         }
     }
+}
+
+fn topics(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (name, entry) in &manifest.topics {
+        let def = &entry.def;
+        let user = format!("topic `{name}`");
+        if require(
+            &manifest.broken,
+            problems,
+            entry.file,
+            &def.broker,
+            "broker",
+            &manifest.brokers,
+        ) {
+            broker_kind(
+                manifest,
+                problems,
+                entry.file,
+                &def.broker,
+                BrokerKind::Kafka,
+                &user,
+            );
+        }
+        for (key, value) in [
+            ("partitions", def.partitions),
+            ("replication_factor", def.replication_factor),
+        ] {
+            if value < 1 {
+                problems.push(
+                    Problem::error(
+                        "invalid-value",
+                        format!("topic `{name}` has `{key} = {value}`"),
+                    )
+                    .in_file(entry.file)
+                    .hint(format!("set `{key}` to 1 or more")),
+                );
+            }
+        }
+        let mut listed: BTreeMap<&str, ()> = BTreeMap::new();
+        for target in &def.events {
+            require(
+                &manifest.broken,
+                problems,
+                entry.file,
+                &target.event,
+                "event",
+                &manifest.events,
+            );
+            if listed.insert(target.event.get_ref(), ()).is_some() {
+                problems.push(
+                    Problem::error(
+                        "duplicate-route",
+                        format!(
+                            "event `{}` is listed twice in topic `{name}`",
+                            target.event.get_ref()
+                        ),
+                    )
+                    .at(entry.file, target.event.span())
+                    .hint("list each event once per topic"),
+                );
+            }
+            if let Some(key) = &target.key
+                && let Err(message) = parse_partition_key(key.get_ref())
+            {
+                problems.push(
+                    Problem::error("invalid-partition-key", message)
+                        .at(entry.file, key.span())
+                        .hint(format!(
+                            "use one of {} or `data.` followed by a field path, such as `data.customerId`",
+                            KEY_ATTRIBUTES.map(|a| format!("`{a}`")).join(", ")
+                        )),
+                );
+            }
+        }
+    }
+}
+
+/// Where a Kafka record's partition key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartitionKey {
+    /// A CloudEvents attribute such as `id` or `subject`.
+    Attribute(String),
+    /// A field of the event data, as a path of object keys.
+    Data(Vec<String>),
+}
+
+/// Parses a topic event's `key`, such as `subject` or `data.customer.id`.
+pub fn parse_partition_key(key: &str) -> Result<PartitionKey, String> {
+    if KEY_ATTRIBUTES.contains(&key) {
+        return Ok(PartitionKey::Attribute(key.to_owned()));
+    }
+    let Some(path) = key.strip_prefix("data.") else {
+        return Err(format!("invalid partition key `{key}`"));
+    };
+    let fields: Vec<String> = path.split('.').map(str::to_owned).collect();
+    if fields.iter().any(String::is_empty) {
+        return Err(format!(
+            "invalid partition key `{key}`: a field path has no empty parts"
+        ));
+    }
+    Ok(PartitionKey::Data(fields))
 }
 
 fn events(manifest: &Manifest, problems: &mut Vec<Problem>) {
@@ -265,31 +482,44 @@ fn producers(manifest: &Manifest, problems: &mut Vec<Problem>) {
 fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.consumers {
         let def = &entry.def;
-        if require(
-            &manifest.broken,
-            problems,
-            entry.file,
-            &def.queue,
-            "queue",
-            &manifest.queues,
-        ) {
-            let queue = &manifest.queues[def.queue.get_ref()];
-            if queue.def.dead_letter.is_none() {
-                problems.push(
-                    Problem::error(
-                        "missing-dead-letter",
-                        format!(
-                            "consumer `{name}` reads queue `{}`, which has no dead-letter exchange",
-                            def.queue.get_ref()
-                        ),
-                    )
-                    .at(entry.file, def.queue.span())
-                    .hint(format!(
-                        "add `dead_letter = {{ exchange = \"...\" }}` to `[queues.{}]` so failed events are kept",
-                        def.queue.get_ref()
-                    )),
+        match (&def.queue, &def.topic) {
+            (Some(queue), None) => consumer_queue(manifest, problems, name, entry.file, queue),
+            (None, Some(topic)) => {
+                require(
+                    &manifest.broken,
+                    problems,
+                    entry.file,
+                    topic,
+                    "topic",
+                    &manifest.topics,
                 );
             }
+            (Some(_), Some(topic)) => problems.push(
+                Problem::error(
+                    "ambiguous-source",
+                    format!("consumer `{name}` has both `queue` and `topic`"),
+                )
+                .at(entry.file, topic.span())
+                .hint("a consumer reads one queue or one topic; define two consumers to read both"),
+            ),
+            (None, None) => problems.push(
+                Problem::error(
+                    "missing-key",
+                    format!("consumer `{name}` has neither `queue` nor `topic`"),
+                )
+                .in_file(entry.file)
+                .hint("add `queue = \"...\"` for RabbitMQ or `topic = \"...\"` for Kafka"),
+            ),
+        }
+        if def.group.is_some() && def.topic.is_none() {
+            problems.push(
+                Problem::error(
+                    "unknown-key",
+                    format!("consumer `{name}` has a `group` but reads no topic"),
+                )
+                .in_file(entry.file)
+                .hint("`group` names a Kafka consumer group; queue consumers share their queue instead"),
+            );
         }
         if def.retry.max_attempts == 0 {
             problems.push(
@@ -322,6 +552,42 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                 .hint("build the handler into that path, or correct `handler`"),
             );
         }
+    }
+}
+
+fn consumer_queue(
+    manifest: &Manifest,
+    problems: &mut Vec<Problem>,
+    name: &str,
+    file: usize,
+    queue: &Spanned<String>,
+) {
+    if !require(
+        &manifest.broken,
+        problems,
+        file,
+        queue,
+        "queue",
+        &manifest.queues,
+    ) {
+        return;
+    }
+    let def = &manifest.queues[queue.get_ref()].def;
+    if def.dead_letter.is_none() {
+        problems.push(
+            Problem::error(
+                "missing-dead-letter",
+                format!(
+                    "consumer `{name}` reads queue `{}`, which has no dead-letter exchange",
+                    queue.get_ref()
+                ),
+            )
+            .at(file, queue.span())
+            .hint(format!(
+                "add `dead_letter = {{ exchange = \"...\" }}` to `[queues.{}]` so failed events are kept",
+                queue.get_ref()
+            )),
+        );
     }
 }
 
@@ -370,16 +636,32 @@ fn binding_matches(kind: ExchangeType, binding_key: &str, routing_key: &str) -> 
 /// left alone: they are local development values).
 fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.brokers {
-        let url = entry.def.url.get_ref();
-        if has_literal_password(url) {
+        if let Some(url) = &entry.def.url
+            && has_literal_password(url.get_ref())
+        {
             problems.push(
                 Problem::warning(
                     "literal-password",
                     format!("the URL of broker `{name}` contains a password"),
                 )
-                .at(entry.file, entry.def.url.span())
+                .at(entry.file, url.span())
                 .hint("read it from the environment, such as `url = \"${RABBITMQ_URL}\"`"),
             );
+        }
+        for (key, value) in &entry.def.options {
+            let secret = key.ends_with("password") || key.ends_with(".key.pem");
+            if secret && !value.get_ref().contains("${") {
+                problems.push(
+                    Problem::warning(
+                        "literal-password",
+                        format!("option `{key}` of broker `{name}` is written in the manifest"),
+                    )
+                    .at(entry.file, value.span())
+                    .hint(format!(
+                        "read it from the environment, such as `\"{key}\" = \"${{KAFKA_PASSWORD}}\"`"
+                    )),
+                );
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use check::parse_route;
+pub use check::{PartitionKey, parse_partition_key, parse_route};
 pub use interpolate::{MissingVariable, expand};
 pub use model::*;
 pub use problem::{Problem, ProblemRecord, Severity, SourceFile, closest, record, render};
@@ -48,13 +48,17 @@ pub struct Manifest {
     pub brokers: BTreeMap<String, Entry<BrokerDef>>,
     pub exchanges: BTreeMap<String, Entry<ExchangeDef>>,
     pub queues: BTreeMap<String, Entry<QueueDef>>,
+    pub topics: BTreeMap<String, Entry<TopicDef>>,
     pub events: BTreeMap<String, Entry<EventDef>>,
     pub producers: BTreeMap<String, Entry<ProducerDef>>,
     pub consumers: BTreeMap<String, Entry<ConsumerDef>>,
     /// Entries that are defined but did not parse, as `(kind, name)`.
     pub broken: Vec<(&'static str, String)>,
-    /// Expanded `url` of each broker, by broker name.
+    /// Expanded `url` of each AMQP broker and `bootstrap` of each Kafka
+    /// broker, by broker name.
     pub broker_urls: BTreeMap<String, String>,
+    /// Expanded client `options` of each Kafka broker, by broker name.
+    pub broker_options: BTreeMap<String, BTreeMap<String, String>>,
     schema_dirs: Vec<PathBuf>,
     handler_dirs: Vec<PathBuf>,
 }
@@ -112,6 +116,24 @@ impl Manifest {
         self.queues
             .get(queue)
             .map(|q| q.def.broker.get_ref().as_str())
+    }
+
+    /// Returns the broker that holds a topic.
+    pub fn topic_broker(&self, topic: &str) -> Option<&str> {
+        self.topics
+            .get(topic)
+            .map(|t| t.def.broker.get_ref().as_str())
+    }
+
+    /// Returns the broker that a consumer reads from, through its queue or
+    /// its topic.
+    pub fn consumer_broker(&self, consumer: &str) -> Option<&str> {
+        let def = &self.consumers.get(consumer)?.def;
+        match (&def.queue, &def.topic) {
+            (Some(queue), _) => self.queue_broker(queue.get_ref()),
+            (None, Some(topic)) => self.topic_broker(topic.get_ref()),
+            (None, None) => None,
+        }
     }
 
     /// Returns the broker that holds an exchange.
@@ -256,6 +278,14 @@ fn merge(
         problems,
     );
     insert_all(
+        &mut manifest.topics,
+        "topic",
+        parsed.topics,
+        index,
+        files,
+        problems,
+    );
+    insert_all(
         &mut manifest.events,
         "event",
         parsed.events,
@@ -347,10 +377,19 @@ fn expand_variables(
     };
 
     for (name, entry) in &manifest.brokers {
-        let url = &entry.def.url;
-        if let Some(value) = expand_one(url.get_ref(), entry.file, Some(url.span())) {
+        let address = entry.def.url.as_ref().or(entry.def.bootstrap.as_ref());
+        if let Some(address) = address
+            && let Some(value) = expand_one(address.get_ref(), entry.file, Some(address.span()))
+        {
             manifest.broker_urls.insert(name.clone(), value);
         }
+        let mut options = BTreeMap::new();
+        for (key, value) in &entry.def.options {
+            if let Some(value) = expand_one(value.get_ref(), entry.file, Some(value.span())) {
+                options.insert(key.clone(), value);
+            }
+        }
+        manifest.broker_options.insert(name.clone(), options);
     }
     if let Some(listen) = manifest.listen.clone() {
         let file = 0;

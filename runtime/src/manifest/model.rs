@@ -26,13 +26,16 @@ pub struct ManifestFile {
     /// AMQP queues, by name.
     #[serde(default)]
     pub queues: BTreeMap<String, QueueDef>,
+    /// Kafka topics, by name.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicDef>,
     /// Event types, by CloudEvents `type`.
     #[serde(default)]
     pub events: BTreeMap<String, EventDef>,
     /// HTTP endpoints that publish events, by name.
     #[serde(default)]
     pub producers: BTreeMap<String, ProducerDef>,
-    /// Queue consumers that run a WebAssembly handler, by name.
+    /// Queue and topic consumers that run a WebAssembly handler, by name.
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerDef>,
 }
@@ -67,13 +70,27 @@ pub struct RuntimeSection {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerDef {
-    /// Broker protocol: `amqp` for RabbitMQ or another AMQP 0-9-1 broker.
+    /// Broker protocol: `amqp` for RabbitMQ or another AMQP 0-9-1 broker,
+    /// `kafka` for Kafka or a Kafka-compatible broker.
     pub kind: BrokerKind,
-    /// Connection URL, such as `amqp://user:pass@host:5672/%2f`.
-    /// `${VAR}` and `${VAR:-default}` are expanded.
-    #[schemars(with = "String")]
-    pub url: Spanned<String>,
-    /// How long a publish waits for the broker's confirm, such as `5s`.
+    /// Connection URL of an `amqp` broker, such as
+    /// `amqp://user:pass@host:5672/%2f`. `${VAR}` and `${VAR:-default}` are
+    /// expanded.
+    #[schemars(with = "Option<String>")]
+    pub url: Option<Spanned<String>>,
+    /// Bootstrap servers of a `kafka` broker, such as
+    /// `kafka-1:9092,kafka-2:9092`. `${VAR}` and `${VAR:-default}` are
+    /// expanded.
+    #[schemars(with = "Option<String>")]
+    pub bootstrap: Option<Spanned<String>>,
+    /// Client properties of a `kafka` broker, as librdkafka names them, such
+    /// as `"security.protocol" = "SASL_SSL"` or
+    /// `"sasl.password" = "${KAFKA_PASSWORD}"`. Values are expanded like `url`.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub options: BTreeMap<String, Spanned<String>>,
+    /// How long a publish waits for the broker's confirm (AMQP) or delivery
+    /// report (Kafka), such as `5s`.
     #[schemars(with = "Option<String>")]
     pub confirm_timeout: Option<HumanDuration>,
 }
@@ -83,6 +100,16 @@ pub struct BrokerDef {
 #[serde(rename_all = "lowercase")]
 pub enum BrokerKind {
     Amqp,
+    Kafka,
+}
+
+impl BrokerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Amqp => "amqp",
+            BrokerKind::Kafka => "kafka",
+        }
+    }
 }
 
 /// The AMQP 0-9-1 exchange types.
@@ -171,6 +198,46 @@ pub struct DeadLetterDef {
     pub exchange: Spanned<String>,
     /// Routing key for dead letters. Default: the message's own key.
     pub routing_key: Option<String>,
+}
+
+/// A Kafka topic.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopicDef {
+    /// Name of the `kafka` broker that has this topic.
+    #[schemars(with = "String")]
+    pub broker: Spanned<String>,
+    /// Number of partitions. Default 1.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Copies of each partition on different brokers. Default 1.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Topic configuration, as Kafka names it, such as
+    /// `"retention.ms" = "604800000"` or `"cleanup.policy" = "compact"`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Events published to this topic, each with its partition key.
+    #[serde(default)]
+    pub events: Vec<TopicEventDef>,
+    /// Topic that receives the records its consumers fail on.
+    /// Default: this topic's name followed by `.dead-letters`.
+    pub dead_letter: Option<String>,
+}
+
+/// An event type published to a topic.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopicEventDef {
+    /// Event type.
+    #[schemars(with = "String")]
+    pub event: Spanned<String>,
+    /// Partition key of each record: a CloudEvents attribute (`id`,
+    /// `source`, `subject`, `type`) or a field of the event data, such as
+    /// `data.customerId`. Records with the same key keep their order.
+    /// Default: no key, so records spread over the partitions.
+    #[schemars(with = "Option<String>")]
+    pub key: Option<Spanned<String>>,
 }
 
 /// Wire encoding of CloudEvents attributes on AMQP.
@@ -282,21 +349,29 @@ pub struct ProducerDef {
     pub id_field: Option<String>,
 }
 
-/// A consumer: reads a queue and calls a handler for each event.
+/// A consumer: reads a queue or a topic and calls a handler for each event.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerDef {
-    /// Queue to consume.
-    #[schemars(with = "String")]
-    pub queue: Spanned<String>,
+    /// Queue to consume. Give either `queue` or `topic`.
+    #[schemars(with = "Option<String>")]
+    pub queue: Option<Spanned<String>>,
+    /// Kafka topic to consume in a consumer group. Give either `queue` or
+    /// `topic`.
+    #[schemars(with = "Option<String>")]
+    pub topic: Option<Spanned<String>>,
+    /// Consumer group of a topic consumer. Default: the consumer's name.
+    pub group: Option<String>,
     /// Handler component file, relative to the handlers folder, such as
     /// `email.wasm`.
     #[schemars(with = "String")]
     pub handler: Spanned<String>,
-    /// Maximum unacknowledged deliveries. Default 32.
+    /// Maximum unacknowledged deliveries of a queue consumer. Default 32.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
-    /// Maximum handler calls running at once. Default 8.
+    /// Maximum handler calls running at once. Default 8. A topic consumer
+    /// runs this many group members, at most one per partition, and each
+    /// member handles its partitions' records one at a time, in order.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
     /// Retry policy for failed handler calls.
@@ -366,6 +441,14 @@ fn default_true() -> bool {
 
 fn empty_spanned() -> Spanned<String> {
     Spanned::new(0..0, String::new())
+}
+
+fn default_partitions() -> i32 {
+    1
+}
+
+fn default_replication_factor() -> i32 {
+    1
 }
 
 fn default_prefetch() -> u16 {

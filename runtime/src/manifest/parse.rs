@@ -9,11 +9,12 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::{ManifestFile, Problem, closest};
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "runtime",
     "brokers",
     "exchanges",
     "queues",
+    "topics",
     "events",
     "producers",
     "consumers",
@@ -52,6 +53,7 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
                 manifest.exchanges = entries(file, "exchange", value, &mut problems, &mut broken)
             }
             "queues" => manifest.queues = entries(file, "queue", value, &mut problems, &mut broken),
+            "topics" => manifest.topics = entries(file, "topic", value, &mut problems, &mut broken),
             "events" => manifest.events = entries(file, "event", value, &mut problems, &mut broken),
             "producers" => {
                 manifest.producers = entries(file, "producer", value, &mut problems, &mut broken)

@@ -245,3 +245,135 @@ fn unrouted_event_warned() {
     );
     assert!(!loaded.has_errors());
 }
+
+#[test]
+fn reference_system_with_kafka_loads_cleanly() {
+    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let paths = [folder.join("shop.toml"), folder.join("streaming.toml")];
+    let loaded = load(&paths, Purpose::Run, &no_env);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+    assert_eq!(loaded.manifest.consumers.len(), 4);
+    assert_eq!(loaded.manifest.broker_urls["stream"], "127.0.0.1:9092");
+    assert_eq!(
+        loaded.manifest.consumer_broker("analytics-stream"),
+        Some("stream")
+    );
+}
+
+const KAFKA: &str = r#"
+[brokers.stream]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+
+[events."order.placed"]
+schema = "order.placed.json"
+
+[topics.orders]
+broker = "stream"
+partitions = 3
+events = [{ event = "order.placed", key = "data.customerId" }]
+"#;
+
+#[test]
+fn kafka_topic_and_consumer_load() {
+    let text = format!("{KAFKA}\n[consumers.c]\ntopic = \"orders\"\nhandler = \"h.wasm\"\n");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+    assert_eq!(loaded.manifest.topics["orders"].def.partitions, 3);
+    assert_eq!(loaded.manifest.consumer_broker("c"), Some("stream"));
+}
+
+#[test]
+fn queue_on_kafka_broker_rejected() {
+    let text = format!("{KAFKA}\n[queues.q]\nbroker = \"stream\"\n");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["wrong-broker-kind"], "{}", loaded.render());
+    assert!(loaded.problems[0].message.contains("queue `q`"));
+    let line = text.lines().count();
+    assert_eq!(position(&loaded, 0), (line, 10));
+}
+
+#[test]
+fn topic_on_amqp_broker_rejected() {
+    let text =
+        format!("{BASE}\n[topics.t]\nbroker = \"rabbit\"\n[events.\"e\"]\nschema = \"e.json\"\n");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["wrong-broker-kind"], "{}", loaded.render());
+    assert!(loaded.problems[0].message.contains("topic `t`"));
+}
+
+#[test]
+fn kafka_broker_needs_bootstrap_not_url() {
+    let text = "[brokers.stream]\nkind = \"kafka\"\nurl = \"amqp://x\"\n";
+    let loaded = load_texts(&[text], Purpose::Run);
+    assert_eq!(
+        codes(&loaded),
+        ["missing-key", "unknown-key"],
+        "{}",
+        loaded.render()
+    );
+    assert!(loaded.problems[0].message.contains("bootstrap"));
+    assert!(loaded.problems[1].message.contains("`url`"));
+}
+
+#[test]
+fn invalid_partition_key_reported() {
+    let text = KAFKA.replace("data.customerId", "data..id");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(
+        codes(&loaded),
+        ["invalid-partition-key"],
+        "{}",
+        loaded.render()
+    );
+    let text = KAFKA.replace("data.customerId", "customerId");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(
+        codes(&loaded),
+        ["invalid-partition-key"],
+        "{}",
+        loaded.render()
+    );
+    let hint = loaded.problems[0].hint.clone().unwrap_or_default();
+    assert!(hint.contains("data.customerId"), "hint: {hint}");
+}
+
+#[test]
+fn consumer_with_queue_and_topic_rejected() {
+    let text = format!(
+        "{BASE}{}\n[consumers.c]\nqueue = \"work\"\ntopic = \"orders\"\nhandler = \"h.wasm\"\n",
+        KAFKA.replace(
+            "[events.\"order.placed\"]\nschema = \"order.placed.json\"\n",
+            ""
+        )
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert!(
+        codes(&loaded).contains(&"ambiguous-source"),
+        "{}",
+        loaded.render()
+    );
+}
+
+#[test]
+fn consumer_without_source_rejected() {
+    let text = format!("{BASE}\n[consumers.c]\nhandler = \"h.wasm\"\n");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["missing-key"], "{}", loaded.render());
+}
+
+#[test]
+fn literal_sasl_password_warned() {
+    let text = KAFKA.replace(
+        "bootstrap = \"127.0.0.1:9092\"",
+        "bootstrap = \"127.0.0.1:9092\"\noptions = { \"sasl.password\" = \"hunter2\" }",
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["literal-password"], "{}", loaded.render());
+    let text = KAFKA.replace(
+        "bootstrap = \"127.0.0.1:9092\"",
+        "bootstrap = \"127.0.0.1:9092\"\noptions = { \"sasl.password\" = \"${KAFKA_PASSWORD:-x}\" }",
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+}

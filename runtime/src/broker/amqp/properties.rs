@@ -66,6 +66,7 @@ pub(super) fn message(
 ) -> Message {
     Message {
         routing_key: routing_key.to_string(),
+        key: None,
         headers: properties
             .headers()
             .as_ref()
@@ -150,6 +151,7 @@ mod tests {
         headers.insert("flag".to_owned(), HeaderValue::Bool(true));
         Message {
             routing_key: "order.placed".to_owned(),
+            key: None,
             headers,
             content_type: Some("application/json".to_owned()),
             message_id: Some("id-1".to_owned()),

@@ -1,0 +1,285 @@
+//! Queue consumers: up to `concurrency` deliveries handled at once, retries
+//! through the queue's retry queue, dead letters published to the queue's
+//! dead-letter exchange.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ATTEMPT_HEADER, CONSUMER_HEADER, Consumer, Disposition, QueueInput, REASON_HEADER,
+    ROUTING_KEY_HEADER, Services, backoff, decide, wait_for_handler,
+};
+use crate::broker::{BrokerError, Delivery, HeaderValue, Message};
+use crate::handler::LoadedHandler;
+use crate::telemetry;
+
+/// Runs a queue consumer until `shutdown`, then finishes the events in
+/// flight.
+///
+/// Waits while the handler is missing, re-subscribes when the broker ends
+/// the consumer, and backs off while the queue cannot be consumed.
+pub(super) async fn run(
+    consumer: Consumer,
+    queue: QueueInput,
+    mut handler: watch::Receiver<Option<LoadedHandler>>,
+    services: Services,
+    shutdown: CancellationToken,
+) {
+    let check = format!("consumer:{}", consumer.name);
+    let mut failures = 0u32;
+    loop {
+        if !wait_for_handler(&consumer, &mut handler, &services, &shutdown).await {
+            return;
+        }
+
+        let tag = format!(
+            "switchyard-{}-{}",
+            consumer.name,
+            uuid::Uuid::new_v4().simple()
+        );
+        let deliveries = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = consumer.broker.consume(&queue.queue, &tag, consumer.prefetch) => result,
+        };
+        let deliveries = match deliveries {
+            Ok(deliveries) => deliveries,
+            Err(err) => {
+                failures += 1;
+                let delay = backoff(failures);
+                tracing::warn!(consumer = %consumer.name, queue = %queue.queue, error = %err,
+                    retry_in = ?delay, "cannot start consumer");
+                services
+                    .readiness
+                    .set(&check, false, format!("cannot consume: {err}"));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        failures = 0;
+        services.readiness.set(&check, true, "running");
+        tracing::info!(consumer = %consumer.name, queue = %queue.queue, "consumer started");
+
+        let ended = consume(
+            &consumer, &queue, deliveries, &handler, &services, &shutdown,
+        )
+        .await;
+        if ended == StreamEnd::Shutdown {
+            services.readiness.set(&check, false, "stopped");
+            return;
+        }
+        tracing::warn!(consumer = %consumer.name, queue = %queue.queue,
+            "broker ended the consumer; subscribing again");
+        services.readiness.set(
+            &check,
+            false,
+            "broker ended the consumer; subscribing again",
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum StreamEnd {
+    Shutdown,
+    Ended,
+}
+
+/// Handles deliveries with at most `concurrency` at once, until the stream
+/// ends or shutdown; always waits for the calls already started.
+async fn consume(
+    consumer: &Consumer,
+    queue: &QueueInput,
+    mut deliveries: crate::broker::Deliveries,
+    handler: &watch::Receiver<Option<LoadedHandler>>,
+    services: &Services,
+    shutdown: &CancellationToken,
+) -> StreamEnd {
+    let permits = Arc::new(Semaphore::new(consumer.concurrency.max(1) as usize));
+    let mut running = JoinSet::new();
+    let end = loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break StreamEnd::Shutdown,
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break StreamEnd::Shutdown,
+            next = deliveries.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(err)) => {
+                tracing::warn!(consumer = %consumer.name, error = %err, "delivery failed");
+                break StreamEnd::Ended;
+            }
+            None => break StreamEnd::Ended,
+        };
+        let Some(loaded) = handler.borrow().clone() else {
+            // The handler went away: put the message back and wait for it.
+            let _ = delivery.reject(true).await;
+            break StreamEnd::Ended;
+        };
+        let consumer = consumer.clone();
+        let queue = queue.clone();
+        let services = services.clone();
+        running.spawn(async move {
+            metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
+                .increment(1.0);
+            process(&consumer, &queue, &services, &loaded, delivery).await;
+            metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
+                .decrement(1.0);
+            drop(permit);
+        });
+        while running.try_join_next().is_some() {}
+    };
+    while running.join_next().await.is_some() {}
+    drop(deliveries);
+    end
+}
+
+/// Handles one delivery from decode to acknowledgement.
+async fn process(
+    consumer: &Consumer,
+    queue: &QueueInput,
+    services: &Services,
+    handler: &LoadedHandler,
+    mut delivery: Delivery,
+) {
+    let previous = delivery
+        .message
+        .headers
+        .get(ATTEMPT_HEADER)
+        .and_then(HeaderValue::as_int)
+        .unwrap_or(0);
+    let previous = u32::try_from(previous.max(0)).unwrap_or(u32::MAX);
+    if let Some(key) = delivery.message.headers.get(ROUTING_KEY_HEADER) {
+        delivery.message.routing_key = key.to_text();
+    }
+
+    let disposition = match decide(consumer, services, handler, &delivery.message, previous).await {
+        Ok(disposition) => disposition,
+        Err(err) => {
+            // The handler succeeded but its events could not be published:
+            // leave the input for another attempt rather than lose the output.
+            tracing::warn!(consumer = %consumer.name, error = %err,
+                "publishing emitted events failed; the event will be retried");
+            Disposition::Retry {
+                attempt: previous + 1,
+            }
+        }
+    };
+    let disposition = match disposition {
+        Disposition::Retry { attempt } if attempt >= consumer.retry.max_attempts => {
+            Disposition::DeadLetter {
+                reason: format!("failed {attempt} attempts; last failure was a retry"),
+                label: "max_attempts",
+                attempt,
+            }
+        }
+        other => other,
+    };
+    settle(consumer, queue, delivery, disposition).await;
+}
+
+/// Acknowledges, schedules a retry or dead-letters a delivery. A message is
+/// acknowledged only after its copy in the retry queue or dead-letter
+/// exchange was confirmed, so it is never lost between the two.
+async fn settle(
+    consumer: &Consumer,
+    queue: &QueueInput,
+    delivery: Delivery,
+    disposition: Disposition,
+) {
+    let name = consumer.name.to_string();
+    let result = match disposition {
+        Disposition::Ack => {
+            metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name, "outcome" => "ok")
+                .increment(1);
+            delivery.ack().await
+        }
+        Disposition::Retry { attempt } => {
+            let mut copy = delivery.message.clone();
+            copy.headers
+                .insert(ATTEMPT_HEADER.into(), HeaderValue::Int(attempt.into()));
+            copy.headers
+                .insert(ROUTING_KEY_HEADER.into(), copy.routing_key.clone().into());
+            copy.routing_key = queue.retry_queue.clone();
+            copy.expiration = Some(consumer.retry.delay(attempt));
+            match consumer.broker.publish("", copy).await {
+                Ok(()) => {
+                    metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name, "outcome" => "retry")
+                        .increment(1);
+                    delivery.ack().await
+                }
+                Err(err) => {
+                    tracing::warn!(consumer = %consumer.name, error = %err,
+                        "cannot schedule retry; returning the message to its queue");
+                    tokio::time::sleep(consumer.retry.backoff).await;
+                    delivery.reject(true).await
+                }
+            }
+        }
+        Disposition::DeadLetter {
+            reason,
+            label,
+            attempt,
+        } => dead_letter(consumer, queue, delivery, reason, label, attempt).await,
+    };
+    if let Err(err) = result {
+        // The broker redelivers an unacknowledged message, so at worst the
+        // event is handled again.
+        tracing::warn!(consumer = %consumer.name, error = %err, "cannot acknowledge delivery");
+    }
+}
+
+async fn dead_letter(
+    consumer: &Consumer,
+    queue: &QueueInput,
+    delivery: Delivery,
+    reason: String,
+    label: &'static str,
+    attempt: u32,
+) -> Result<(), BrokerError> {
+    tracing::warn!(consumer = %consumer.name, %reason, attempt, "dead-lettering message");
+    let mut copy: Message = delivery.message.clone();
+    copy.headers.insert(REASON_HEADER.into(), reason.into());
+    copy.headers
+        .insert(CONSUMER_HEADER.into(), consumer.name.to_string().into());
+    copy.headers
+        .insert(ATTEMPT_HEADER.into(), HeaderValue::Int(attempt.into()));
+    copy.headers.remove(ROUTING_KEY_HEADER);
+    copy.expiration = None;
+    if let Some(key) = &queue.dead_letter_routing_key {
+        copy.routing_key = key.clone();
+    }
+    let name = consumer.name.to_string();
+    match consumer
+        .broker
+        .publish(&queue.dead_letter_exchange, copy)
+        .await
+    {
+        Ok(()) => {
+            metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name.clone(), "outcome" => "dead_lettered")
+                .increment(1);
+            metrics::counter!(telemetry::EVENTS_DEAD_LETTERED, "consumer" => name, "reason" => label)
+                .increment(1);
+            delivery.ack().await
+        }
+        Err(err) => {
+            // The queue's own dead-letter exchange still keeps the message,
+            // without switchyard's reason headers.
+            tracing::warn!(consumer = %consumer.name, error = %err,
+                "cannot publish dead letter; rejecting to the queue's dead-letter exchange");
+            delivery.reject(false).await
+        }
+    }
+}

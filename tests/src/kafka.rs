@@ -1,0 +1,315 @@
+//! A tansu broker process (a Kafka-protocol broker with in-memory storage)
+//! per test, and the rdkafka clients the tests use to look at it.
+//!
+//! tansu is installed by `bash .ci/run` with
+//! `cargo install --locked tansu --features dynostore`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::process::{Child, Command};
+
+/// Maximum wait for tansu to accept connections after its start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running tansu broker on a free loopback port, killed on drop.
+pub struct Tansu {
+    child: Child,
+    port: u16,
+    log_path: PathBuf,
+}
+
+/// A record to produce: headers and payload.
+#[derive(Clone, Debug, Default)]
+pub struct OutgoingRecord {
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl OutgoingRecord {
+    /// Returns a binary-mode CloudEvent: `ce_*` headers, the JSON data as
+    /// the payload.
+    pub fn binary_event(id: &str, event_type: &str, data: &serde_json::Value) -> OutgoingRecord {
+        let headers = [
+            ("ce_specversion", "1.0"),
+            ("ce_id", id),
+            ("ce_source", "/switchyard-tests"),
+            ("ce_type", event_type),
+            ("content-type", "application/json"),
+        ];
+        OutgoingRecord {
+            headers: headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            payload: data.to_string().into_bytes(),
+        }
+    }
+}
+
+/// One record read back from a topic.
+#[derive(Clone, Debug)]
+pub struct KafkaRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub payload: String,
+}
+
+impl KafkaRecord {
+    /// Returns the value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Returns the tansu binary: `TANSU` if set, else `tansu` on `PATH`, else
+/// `~/.cargo/bin/tansu`.
+fn tansu_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TANSU") {
+        return Ok(PathBuf::from(path));
+    }
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("tansu"))
+            .collect::<Vec<_>>()
+    });
+    let in_cargo =
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin/tansu"));
+    on_path.chain(in_cargo).find(|path| path.is_file()).context(
+        "tansu, the Kafka-protocol broker of the Kafka tests, is not installed; install it \
+             with `cargo install --locked tansu --features dynostore` (bash .ci/run does), or \
+             set TANSU to its path",
+    )
+}
+
+impl Tansu {
+    /// Starts tansu with in-memory storage on a free port; its output goes
+    /// to a file in `dir`.
+    pub async fn start(dir: &std::path::Path) -> anyhow::Result<Tansu> {
+        let binary = tansu_binary()?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log_path = dir.join(format!("tansu-{port}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", binary.display()))?;
+        let mut tansu = Tansu {
+            child,
+            port,
+            log_path,
+        };
+        tansu.wait_listening().await?;
+        Ok(tansu)
+    }
+
+    async fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "tansu exited with {status} at start; output:\n{}",
+                    self.output()
+                );
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "tansu did not listen on port {} within {START_TIMEOUT:?}; output:\n{}",
+                    self.port,
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Returns what tansu wrote so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Returns the bootstrap address, such as `127.0.0.1:40123`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.bootstrap());
+        config
+    }
+
+    /// Creates a topic with the admin client.
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<_> = self.config().create()?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let results = admin.create_topics([&topic], &AdminOptions::new()).await?;
+        for result in results {
+            result.map_err(|(topic, code)| anyhow::anyhow!("cannot create `{topic}`: {code}"))?;
+        }
+        Ok(())
+    }
+
+    /// Produces records to one partition of `topic` in order, waiting for
+    /// each delivery report before the next send.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &[OutgoingRecord],
+    ) -> anyhow::Result<()> {
+        let producer: FutureProducer = self.config().create()?;
+        for outgoing in records {
+            let mut headers = rdkafka::message::OwnedHeaders::new();
+            for (name, value) in &outgoing.headers {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: name,
+                    value: Some(value.as_str()),
+                });
+            }
+            let record = FutureRecord::<str, [u8]>::to(topic)
+                .partition(partition)
+                .payload(&outgoing.payload)
+                .headers(headers);
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(err, _)| anyhow::anyhow!("cannot produce to `{topic}`: {err}"))?;
+        }
+        Ok(())
+    }
+
+    /// Reads every record of every partition of `topic` from the start,
+    /// outside any consumer group, until `expected` records arrived or
+    /// `timeout` passed.
+    pub async fn read_all(
+        &self,
+        topic: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<KafkaRecord>> {
+        let config = self.config();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || read_all_blocking(config, &topic, expected, timeout))
+            .await?
+    }
+
+    /// Returns the committed offset of each partition of `topic` for `group`;
+    /// a partition with no commit is left out.
+    pub async fn committed(&self, group: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+        let mut config = self.config();
+        config.set("group.id", group);
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create()?;
+            let partitions = partition_count(&consumer, &topic)?;
+            let mut list = TopicPartitionList::new();
+            for partition in 0..partitions {
+                list.add_partition(&topic, partition);
+            }
+            let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+            Ok(committed
+                .elements()
+                .iter()
+                .filter_map(|element| match element.offset() {
+                    Offset::Offset(offset) => Some((element.partition(), offset)),
+                    _ => None,
+                })
+                .collect())
+        })
+        .await?
+    }
+}
+
+fn partition_count(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .with_context(|| format!("topic `{topic}` not found"))?;
+    Ok(i32::try_from(partitions)?)
+}
+
+fn read_all_blocking(
+    mut config: ClientConfig,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<KafkaRecord>> {
+    config.set("group.id", "switchyard-tests-reader");
+    config.set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let partitions = partition_count(&consumer, topic)?;
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&list)?;
+    let started = Instant::now();
+    let mut records = Vec::new();
+    while records.len() < expected && started.elapsed() < timeout {
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = result?;
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        records.push(KafkaRecord {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message
+                .key()
+                .map(|key| String::from_utf8_lossy(key).into_owned()),
+            headers,
+            payload: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
+        });
+    }
+    Ok(records)
+}
