@@ -8,6 +8,7 @@
 //! that cannot reach it fails with a message naming what is missing.
 
 mod binary;
+pub mod deployment;
 mod kafka;
 mod logs;
 mod manifests;
