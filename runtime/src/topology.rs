@@ -85,7 +85,7 @@ pub struct TopicSpec {
     pub config: BTreeMap<String, String>,
 }
 
-/// What a broker reports of an existing topic.
+/// An existing topic as the broker reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicState {
     pub partitions: i32,
@@ -344,10 +344,10 @@ pub async fn provision(
     }
 }
 
-/// Creates a missing topic. An existing topic with fewer partitions than
-/// wanted gets more; one with more partitions, or with other configuration
-/// values, is left as it is with a warning, because partitions cannot be
-/// removed and configuration drift is for an operator to settle.
+/// Creates a missing topic, and adds partitions to one that has fewer than
+/// the manifest. A topic with more partitions or other configuration values
+/// is left as it is with a warning. Kafka cannot remove partitions, and
+/// configuration drift is for an operator to settle.
 async fn provision_topic(broker: &dyn Broker, topic: &TopicSpec) -> Result<(), BrokerError> {
     let Some(state) = broker.describe_topic(topic).await? else {
         return broker.create_topic(topic).await;
@@ -355,7 +355,15 @@ async fn provision_topic(broker: &dyn Broker, topic: &TopicSpec) -> Result<(), B
     if state.partitions < topic.partitions {
         tracing::info!(topic = %topic.name, from = state.partitions, to = topic.partitions,
             "adding partitions to topic");
-        broker.add_partitions(topic).await?;
+        // The topic works with fewer partitions, so a broker that cannot add
+        // them (tansu 0.6 has no CreatePartitions) does not stop the start.
+        if let Err(err) = broker.add_partitions(topic).await {
+            if err.is_transient() {
+                return Err(err);
+            }
+            tracing::warn!(topic = %topic.name, error = %err,
+                "cannot add partitions; the topic keeps its partitions");
+        }
     } else if state.partitions > topic.partitions {
         tracing::warn!(topic = %topic.name, existing = state.partitions, wanted = topic.partitions,
             "topic has more partitions than the manifest asks for; Kafka cannot remove partitions");

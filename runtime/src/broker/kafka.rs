@@ -62,8 +62,8 @@ pub struct KafkaBroker {
 }
 
 impl KafkaBroker {
-    /// Creates the clients and checks that the cluster answers a metadata
-    /// request. `client_options` are librdkafka properties such as
+    /// Creates the clients and checks that the cluster responds to a
+    /// metadata request. `client_options` are librdkafka properties such as
     /// `security.protocol`; they apply to every client of this broker.
     pub async fn connect(
         name: &str,
@@ -126,7 +126,7 @@ fn client_config(bootstrap: &str, client_options: &BTreeMap<String, String>) -> 
 }
 
 /// Requests cluster metadata on a blocking thread, because librdkafka's
-/// metadata call blocks until the answer or the timeout.
+/// metadata call blocks until the response or the timeout.
 async fn fetch_metadata(
     producer: &FutureProducer,
     topic: Option<&str>,
@@ -143,19 +143,19 @@ async fn fetch_metadata(
 }
 
 /// Asks the cluster for metadata every few seconds and records whether it
-/// answered, until the broker is dropped.
+/// responded, until the broker is dropped.
 async fn watch_connection(producer: FutureProducer, connected: std::sync::Weak<AtomicBool>) {
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let answered = fetch_metadata(&producer, None).await.is_ok();
+        let responded = fetch_metadata(&producer, None).await.is_ok();
         let Some(flag) = connected.upgrade() else {
             return;
         };
-        let before = flag.swap(answered, Ordering::Relaxed);
-        if before && !answered {
-            tracing::warn!("Kafka cluster does not answer metadata requests");
-        } else if !before && answered {
-            tracing::info!("Kafka cluster answers again");
+        let before = flag.swap(responded, Ordering::Relaxed);
+        if before && !responded {
+            tracing::warn!("Kafka cluster does not respond to metadata requests");
+        } else if !before && responded {
+            tracing::info!("Kafka cluster responds again");
         }
     }
 }

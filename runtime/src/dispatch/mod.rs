@@ -37,7 +37,7 @@ pub struct Route {
     pub destination: Destination,
 }
 
-/// Where a route publishes on its broker.
+/// The target of a route on its broker.
 #[derive(Clone, Debug)]
 pub enum Destination {
     /// An AMQP exchange; the routing key defaults to the event type.
@@ -177,7 +177,7 @@ impl RetryPolicy {
     }
 }
 
-/// What a consumer reads.
+/// The source a consumer reads.
 #[derive(Clone, Debug)]
 pub enum Input {
     Queue(QueueInput),

@@ -1,5 +1,5 @@
 //! Topic consumers: group members that handle their partitions one record
-//! at a time, so per-partition order holds even while a record is retried.
+//! at a time, so per-partition order is kept even while a record is retried.
 //! A failing record is retried in place with backoff, then written to the
 //! dead-letter topic; its offset is committed only after one of those
 //! succeeded.
@@ -18,7 +18,7 @@ use crate::broker::{HeaderValue, Record, SubscribeOptions, TopicReader};
 use crate::handler::LoadedHandler;
 use crate::telemetry;
 
-/// Headers of a dead-lettered record that say where it was read.
+/// Headers of a dead-lettered record with the position it was read from.
 pub const TOPIC_HEADER: &str = "x-switchyard-topic";
 pub const PARTITION_HEADER: &str = "x-switchyard-partition";
 pub const OFFSET_HEADER: &str = "x-switchyard-offset";

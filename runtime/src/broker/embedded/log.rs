@@ -45,7 +45,7 @@ struct Topic {
 struct Group {
     /// Position of the next record to read, by partition.
     committed: Vec<i64>,
-    /// Member that holds each partition.
+    /// Member that owns each partition.
     owners: Vec<Option<u64>>,
 }
 

@@ -22,7 +22,7 @@ pub(super) struct KafkaReader {
 impl KafkaReader {
     /// Joins the group on `topic`. Offsets are stored only by `commit` and
     /// committed in the background and on close, so a record that was read
-    /// but not marked is read again by whoever gets its partition next.
+    /// but not marked is read again by the member that gets its partition next.
     pub(super) fn subscribe(
         broker: &str,
         mut config: ClientConfig,
@@ -98,7 +98,7 @@ impl TopicReader for KafkaReader {
 
     async fn close(self: Box<Self>) {
         // Both the final commit and dropping the consumer (which leaves the
-        // group) block until the broker answers.
+        // group) block until the broker responds.
         let topic = self.topic.clone();
         let closed = tokio::task::spawn_blocking(move || {
             match self.consumer.commit_consumer_state(CommitMode::Sync) {
