@@ -31,9 +31,10 @@ pub struct RabbitMq {
 
 /// Returns this test binary's vhost, creating it on the first call.
 ///
-/// A vhost of the same name left over from an earlier run is deleted first,
-/// so every run starts empty. The vhost stays after the run for inspection
-/// and is deleted by the next run of the same test binary.
+/// The name holds the process id, so two runs of the same test binary at
+/// once (two checkouts, say) do not share a vhost. A vhost stays after its
+/// run for inspection and is deleted by the next run of the same test
+/// binary, once its process has exited.
 ///
 /// Panics with what is missing when RabbitMQ is not reachable or
 /// `rabbitmqctl` fails.
@@ -55,17 +56,36 @@ fn create_vhost() -> Result<RabbitMq, String> {
         )
     })?;
 
-    let vhost = vhost_name();
-    // Deleting a vhost that does not exist fails, which is the usual case.
-    let _ = rabbitmqctl(&["delete_vhost", &vhost]);
+    let prefix = vhost_prefix();
+    delete_stale_vhosts(&prefix)?;
+    let vhost = format!("{prefix}{}", std::process::id());
     rabbitmqctl(&["add_vhost", &vhost])?;
     rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])?;
     Ok(RabbitMq { vhost })
 }
 
-/// Returns `switchyard-test-<test binary>`, such as
-/// `switchyard-test-e2e_rabbitmq`, without cargo's hash suffix.
-fn vhost_name() -> String {
+/// Deletes the vhosts named `<prefix><pid>` whose process no longer runs.
+fn delete_stale_vhosts(prefix: &str) -> Result<(), String> {
+    let output = rabbitmqctl(&["list_vhosts", "name"])?;
+    let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+    for vhost in listing.lines().map(str::trim) {
+        let Some(pid) = vhost.strip_prefix(prefix) else {
+            continue;
+        };
+        let running = pid
+            .parse::<u32>()
+            .is_ok_and(|pid| std::path::Path::new("/proc").join(pid.to_string()).exists());
+        if !running {
+            // Another run may delete it first, which is fine.
+            let _ = rabbitmqctl(&["delete_vhost", vhost]);
+        }
+    }
+    Ok(())
+}
+
+/// Returns `switchyard-test-<test binary>-`, such as
+/// `switchyard-test-e2e_rabbitmq-`, without cargo's hash suffix.
+fn vhost_prefix() -> String {
     let exe = std::env::current_exe().unwrap_or_default();
     let stem = exe
         .file_stem()
@@ -87,7 +107,7 @@ fn vhost_name() -> String {
             }
         })
         .collect();
-    format!("switchyard-test-{safe}")
+    format!("switchyard-test-{safe}-")
 }
 
 fn rabbitmqctl(args: &[&str]) -> Result<Output, String> {

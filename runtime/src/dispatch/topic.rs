@@ -310,3 +310,66 @@ async fn dead_letter(
         .increment(1);
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::broker::embedded::EmbeddedBroker;
+    use crate::dispatch::{Input, RetryPolicy};
+    use crate::handler::{CallContext, Limits};
+    use crate::schema::Schemas;
+
+    fn consumer(timeout: Duration, max_attempts: u32) -> Consumer {
+        Consumer {
+            name: Arc::from("c"),
+            input: Input::Topic(TopicInput {
+                topic: "t".into(),
+                group: "g".into(),
+                dead_letter_topic: "t.dead-letters".into(),
+                members: 1,
+            }),
+            broker: Arc::new(EmbeddedBroker::new()),
+            prefetch: 1,
+            concurrency: 1,
+            retry: RetryPolicy {
+                max_attempts,
+                backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(300),
+            },
+            context: CallContext {
+                consumer: Arc::from("c"),
+                config: Arc::new(BTreeMap::new()),
+                schemas: Schemas::default(),
+                limits: Limits {
+                    timeout,
+                    memory: 1 << 20,
+                },
+            },
+            source: "/test/c".into(),
+            handler_path: None,
+        }
+    }
+
+    #[test]
+    fn poll_interval_has_five_minute_floor() {
+        // 5 calls of 2 s and backoffs of 1 + 2 + 4 + 8 s: 25 s, doubled.
+        let interval = max_poll_interval(&consumer(Duration::from_secs(2), 5));
+        assert_eq!(interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn poll_interval_covers_slow_handler() {
+        // 5 calls of 120 s and backoffs of 15 s: 615 s, doubled.
+        let interval = max_poll_interval(&consumer(Duration::from_secs(120), 5));
+        assert_eq!(interval, Duration::from_secs(1230));
+    }
+
+    #[test]
+    fn poll_interval_capped_at_one_day() {
+        let interval = max_poll_interval(&consumer(Duration::from_secs(3600), 100));
+        assert_eq!(interval, Duration::from_secs(86_400));
+    }
+}
