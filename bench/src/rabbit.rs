@@ -217,7 +217,7 @@ pub async fn consume_raw(
         received += 1;
         let ack_now = match mode {
             AckMode::PerMessage => Some(false),
-            AckMode::Multiple(n) if received % n == 0 || received == count => Some(true),
+            AckMode::Multiple(n) if received.is_multiple_of(n) || received == count => Some(true),
             AckMode::Multiple(_) => None,
         };
         if let Some(multiple) = ack_now {
