@@ -204,3 +204,16 @@ async fn drain_lapin(suite: &Suite, mode: AckMode) -> anyhow::Result<f64> {
         .await
         .context("raw lapin consumer timed out")?
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::fixture::legacy_order_event;
+
+    #[test]
+    fn legacy_order_event_has_requested_length() {
+        let event = legacy_order_event(1024);
+        assert_eq!(event.len(), 1024);
+        let value: serde_json::Value = serde_json::from_slice(&event).unwrap();
+        assert_eq!(value["type"], "order.placed");
+    }
+}

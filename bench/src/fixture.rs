@@ -22,16 +22,3 @@ pub fn legacy_order_event(bytes: usize) -> Vec<u8> {
     event["data"]["note"] = "x".repeat(bytes.saturating_sub(unpadded)).into();
     serde_json::to_vec(&event).expect("a JSON value serializes")
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn legacy_order_event_has_requested_length() {
-        let event = legacy_order_event(1024);
-        assert_eq!(event.len(), 1024);
-        let value: serde_json::Value = serde_json::from_slice(&event).unwrap();
-        assert_eq!(value["type"], "order.placed");
-    }
-}

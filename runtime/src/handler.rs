@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::event::Event;
@@ -157,6 +160,16 @@ impl HandlerHost {
     pub fn new() -> Result<Self, CallError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // Every call instantiates the handler in a fresh store. The default
+        // on-demand allocator maps and unmaps its linear memory and async
+        // stack on every call, and those system calls cost more than the
+        // rest of the consume pipeline. The pooling allocator reuses them
+        // from reserved slots. Its default limits allow 1000 instances at
+        // once, 4 GiB per memory, and one table of 20,000 elements and one
+        // memory per core module, so a component over them fails to load.
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            PoolingAllocationConfig::default(),
+        ));
         let engine = Engine::new(&config).map_err(host_error)?;
 
         let mut linker = Linker::new(&engine);

@@ -1,15 +1,18 @@
 //! Consumers: one channel each with its own prefetch, lapin deliveries mapped
-//! to `Delivery`, and acknowledgements through lapin's acker.
+//! to `Delivery`, and acknowledgements coalesced by the channel's `AckBatch`.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::protocol::AMQPSoftError;
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::acks::AckBatch;
 use super::errors;
 use super::properties::{self, short_string};
 use super::session::Shared;
@@ -48,6 +51,7 @@ pub(super) async fn consume(
         queue: queue.to_owned(),
         installs: shared.subscribe_installs(),
         ended: false,
+        acks: AckBatch::new(prefetch),
     };
     Ok(Box::pin(futures::stream::unfold(state, next_delivery)))
 }
@@ -72,6 +76,7 @@ struct ConsumerState {
     /// this consumer's connection behind.
     installs: watch::Receiver<u64>,
     ended: bool,
+    acks: Arc<AckBatch>,
 }
 
 /// Yields the next delivery. The stream ends when the broker cancels the
@@ -88,7 +93,10 @@ async fn next_delivery(
         _ = state.installs.changed() => return Some(state.end(connection_replaced())),
     };
     match next {
-        Some(Ok(delivery)) => Some((Ok(delivery_from_lapin(delivery)), state)),
+        Some(Ok(delivery)) => {
+            let delivery = delivery_from_lapin(delivery, &state.acks);
+            Some((Ok(delivery), state))
+        }
         Some(Err(error)) => Some(state.end(errors::broker_error(&error))),
         None => {
             info!(broker = %state.broker, queue = %state.queue, "consumer ended: cancelled by the broker or its channel closed");
@@ -111,8 +119,9 @@ impl ConsumerState {
     }
 }
 
-fn delivery_from_lapin(delivery: lapin::message::Delivery) -> Delivery {
+fn delivery_from_lapin(delivery: lapin::message::Delivery, batch: &Arc<AckBatch>) -> Delivery {
     let lapin::message::Delivery {
+        delivery_tag,
         exchange,
         routing_key,
         redelivered,
@@ -121,33 +130,51 @@ fn delivery_from_lapin(delivery: lapin::message::Delivery) -> Delivery {
         acker,
         ..
     } = delivery;
+    batch.delivered(delivery_tag);
     Delivery {
         exchange: exchange.to_string(),
         message: properties::message(&routing_key, &properties, data),
         redelivered,
-        acker: Box::new(AmqpAcker { acker }),
+        acker: Box::new(AmqpAcker {
+            acker: Some(acker),
+            tag: delivery_tag,
+            batch: batch.clone(),
+        }),
     }
 }
 
-/// Settles a delivery on the channel it came from.
+/// Settles a delivery through its channel's `AckBatch`.
 struct AmqpAcker {
-    acker: lapin::Acker,
+    /// Taken when the delivery is settled; still set in `drop` when it was not.
+    acker: Option<lapin::Acker>,
+    tag: u64,
+    batch: Arc<AckBatch>,
 }
 
 #[async_trait]
 impl Acker for AmqpAcker {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        settled(self.acker.ack(BasicAckOptions::default()).await)
+    async fn ack(mut self: Box<Self>) -> Result<(), BrokerError> {
+        let acker = self.acker.take().expect("a delivery is settled once");
+        self.batch.ack(self.tag, acker).await
     }
 
-    async fn reject(self: Box<Self>, requeue: bool) -> Result<(), BrokerError> {
-        settled(self.acker.reject(BasicRejectOptions { requeue }).await)
+    async fn reject(mut self: Box<Self>, requeue: bool) -> Result<(), BrokerError> {
+        let acker = self.acker.take().expect("a delivery is settled once");
+        self.batch.reject(self.tag, acker, requeue).await
+    }
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        if self.acker.is_some() {
+            self.batch.abandon(self.tag);
+        }
     }
 }
 
 /// lapin returns `Ok(false)` when the acker cannot be used because its channel
 /// closed since the delivery, so the broker will redeliver it.
-fn settled(result: Result<bool, lapin::Error>) -> Result<(), BrokerError> {
+pub(super) fn settled(result: Result<bool, lapin::Error>) -> Result<(), BrokerError> {
     match result {
         Ok(true) => Ok(()),
         Ok(false) => Err(BrokerError::Closed(

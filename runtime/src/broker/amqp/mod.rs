@@ -8,6 +8,7 @@
 //! confirm timeout; consumer streams end and their callers subscribe again.
 //! lapin's own automatic recovery stays off (see `session::Shared::open_session`).
 
+mod acks;
 mod conflict;
 mod consumer;
 mod declare;

@@ -325,6 +325,100 @@ async fn prefetch_limits_unacked_deliveries() {
     assert_eq!(next.message.body.as_ref(), b"3");
 }
 
+/// Publishes `count` messages whose bodies are their indexes, and returns
+/// the deliveries of a consumer with prefetch `count`.
+async fn deliver_all(broker: &AmqpBroker, work: &str, count: u16) -> (Deliveries, Vec<Delivery>) {
+    broker
+        .declare_queue(&queue(work))
+        .await
+        .expect("declare queue");
+    for index in 0..count {
+        broker
+            .publish("", text_message(work, &index.to_string()))
+            .await
+            .expect("publish");
+    }
+    let mut deliveries = broker.consume(work, "acks", count).await.expect("consume");
+    let mut received = Vec::new();
+    for _ in 0..count {
+        received.push(next_delivery(&mut deliveries).await);
+    }
+    (deliveries, received)
+}
+
+#[tokio::test]
+async fn out_of_order_settles_every_delivery() {
+    let vhost = VhostLease::acquire();
+    let broker = connect(&vhost.url()).await;
+    let work = unique("acks-reverse");
+    let (mut deliveries, received) = deliver_all(&broker, &work, 60).await;
+
+    // Newest first, so most acks wait behind an unsettled delivery; every
+    // tenth is rejected, which without a dead-letter exchange drops it.
+    for (index, delivery) in received.into_iter().enumerate().rev() {
+        if index % 10 == 0 {
+            delivery.reject(false).await.expect("reject");
+        } else {
+            delivery.ack().await.expect("ack");
+        }
+    }
+
+    // A double or missing ack would close the channel or leave messages
+    // unacknowledged: the consumer must still receive, and nothing returns.
+    broker
+        .publish("", text_message(&work, "after"))
+        .await
+        .expect("publish");
+    let next = next_delivery(&mut deliveries).await;
+    assert_eq!(next.message.body.as_ref(), b"after");
+    next.ack().await.expect("ack");
+    drop(deliveries);
+    wait_for_depth(&broker, &work, 0).await;
+}
+
+#[tokio::test]
+async fn concurrent_acks_settle_every_delivery() {
+    let vhost = VhostLease::acquire();
+    let broker = connect(&vhost.url()).await;
+    let work = unique("acks-concurrent");
+    let (deliveries, received) = deliver_all(&broker, &work, 200).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for delivery in received {
+        tasks.spawn(async move {
+            let pause = u64::from(delivery.message.body[0] % 4);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            delivery.ack().await
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("ack task").expect("ack");
+    }
+    drop(deliveries);
+    wait_for_depth(&broker, &work, 0).await;
+}
+
+#[tokio::test]
+async fn dropped_delivery_alone_is_redelivered() {
+    let vhost = VhostLease::acquire();
+    let broker = connect(&vhost.url()).await;
+    let work = unique("acks-dropped");
+    let (deliveries, mut received) = deliver_all(&broker, &work, 5).await;
+
+    let dropped = received.remove(1);
+    drop(dropped);
+    for delivery in received {
+        delivery.ack().await.expect("ack");
+    }
+    drop(deliveries);
+    wait_for_depth(&broker, &work, 1).await;
+
+    let mut again = broker.consume(&work, "again", 5).await.expect("consume");
+    let redelivered = next_delivery(&mut again).await;
+    assert_eq!(redelivered.message.body.as_ref(), b"1");
+    assert!(redelivered.redelivered);
+}
+
 #[tokio::test]
 async fn reject_dead_letters_through_dlx() {
     let vhost = VhostLease::acquire();
