@@ -186,7 +186,7 @@ pub enum AckMode {
 }
 
 /// Consumes `count` messages from `queue` at `prefetch`, acknowledging as
-/// `mode` says, and returns the deliveries per second from the start of
+/// `mode` sets, and returns the deliveries per second from the start of
 /// the consumer to the last acknowledgement.
 pub async fn consume_raw(
     connection: &Connection,

@@ -530,7 +530,8 @@ mod tests {
     fn streaming_topics_with_dead_letter_topic() {
         let desired = desired(&reference_system());
         let stream = &desired["stream"];
-        assert!(stream.exchanges.is_empty() && stream.queues.is_empty());
+        assert!(stream.exchanges.is_empty());
+        assert!(stream.queues.is_empty());
         let names: Vec<&str> = stream.topics.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["analytics", "analytics.dead-letters"]);
         assert_eq!(stream.topics[0].partitions, 3);

@@ -31,7 +31,7 @@ pub struct RabbitMq {
 
 /// Returns this test binary's vhost, creating it on the first call.
 ///
-/// The name holds the process id, so two runs of the same test binary at
+/// The name contains the process id, so two runs of the same test binary at
 /// once (two checkouts, say) do not share a vhost. A vhost stays after its
 /// run for inspection and is deleted by the next run of the same test
 /// binary, once its process has exited.

@@ -144,7 +144,7 @@ pub struct SubscribeOptions {
     pub group: String,
     /// Client id of this member, shown by the broker's group tools.
     pub client_id: String,
-    /// Longest time between two reads before the group considers this member
+    /// Maximum time between two reads before the group considers this member
     /// stuck and gives its partitions to another member.
     pub max_poll_interval: Duration,
 }

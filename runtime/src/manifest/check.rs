@@ -375,7 +375,7 @@ fn topics(manifest: &Manifest, problems: &mut Vec<Problem>) {
     }
 }
 
-/// Where a Kafka record's partition key comes from.
+/// The source of a Kafka record's partition key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PartitionKey {
     /// A CloudEvents attribute such as `id` or `subject`.

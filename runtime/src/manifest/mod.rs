@@ -118,7 +118,7 @@ impl Manifest {
             .map(|q| q.def.broker.get_ref().as_str())
     }
 
-    /// Returns the broker that holds a topic.
+    /// Returns the broker that has a topic.
     pub fn topic_broker(&self, topic: &str) -> Option<&str> {
         self.topics
             .get(topic)
