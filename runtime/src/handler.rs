@@ -101,7 +101,6 @@ struct CallState {
     table: ResourceTable,
     limits: StoreLimits,
     context: CallContext,
-    event_id: String,
     emitted: Vec<Emitted>,
 }
 
@@ -118,14 +117,13 @@ impl types::Host for CallState {}
 
 impl host::Host for CallState {
     fn log(&mut self, level: types::Level, message: String) {
-        let consumer = &*self.context.consumer;
-        let event_id = &self.event_id;
+        // The span of the delivery adds the consumer, queue and event ids.
         match level {
-            types::Level::Trace => tracing::trace!(consumer, event_id, "{message}"),
-            types::Level::Debug => tracing::debug!(consumer, event_id, "{message}"),
-            types::Level::Info => tracing::info!(consumer, event_id, "{message}"),
-            types::Level::Warn => tracing::warn!(consumer, event_id, "{message}"),
-            types::Level::Error => tracing::error!(consumer, event_id, "{message}"),
+            types::Level::Trace => tracing::trace!("{message}"),
+            types::Level::Debug => tracing::debug!("{message}"),
+            types::Level::Info => tracing::info!("{message}"),
+            types::Level::Warn => tracing::warn!("{message}"),
+            types::Level::Error => tracing::error!("{message}"),
         }
     }
 
@@ -293,7 +291,6 @@ impl HandlerHost {
             table: ResourceTable::new(),
             limits,
             context: context.clone(),
-            event_id: event.id.clone(),
             emitted: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);

@@ -19,6 +19,7 @@ use crate::dispatch::{PublishError, Publisher};
 use crate::event::{Event, is_json_content_type};
 use crate::schema::{SchemaCheck, Schemas};
 use crate::telemetry::{self, Readiness};
+use crate::trace::{TRACEPARENT, TRACESTATE, TraceParent};
 
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: u64 = 5;
@@ -220,6 +221,7 @@ async fn accept(
         ));
     }
     event.data = data;
+    attach_trace_context(&mut event, headers);
 
     state.publisher.publish(&event).await.map_err(|err| {
         tracing::warn!(producer = %producer.name, event_id = %event.id, error = %err, "publish failed");
@@ -235,6 +237,30 @@ async fn accept(
         }
     })?;
     Ok(event)
+}
+
+/// Puts the trace context of the request on the event: a child of the
+/// request's valid `traceparent` with its `tracestate`, else a new trace.
+fn attach_trace_context(event: &mut Event, headers: &HeaderMap) {
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+    };
+    let parent = header_text(TRACEPARENT).and_then(TraceParent::parse);
+    let context = match parent {
+        Some(parent) => {
+            if let Some(state) = header_text(TRACESTATE).filter(|state| !state.is_empty()) {
+                event.extensions.insert(TRACESTATE.into(), state.to_owned());
+            }
+            parent.child()
+        }
+        None => TraceParent::new_root(),
+    };
+    event
+        .extensions
+        .insert(TRACEPARENT.into(), context.to_string());
 }
 
 fn unavailable(detail: &str) -> Response {

@@ -15,3 +15,4 @@ pub mod schema;
 pub mod system;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;

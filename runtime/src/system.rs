@@ -367,6 +367,7 @@ impl BrokerStart {
         let check = format!("broker:{}", self.name);
         let readiness = &self.services.readiness;
         readiness.set(&check, false, "connecting");
+        metrics::gauge!(telemetry::BROKER_CONNECTED, "broker" => self.name.clone()).set(0.0);
         readiness.set("topology", false, "not provisioned yet");
         for consumer in &self.consumers {
             readiness.set(
@@ -382,6 +383,12 @@ impl BrokerStart {
         };
         self.placeholder.set(broker.clone());
         readiness.set(&check, true, "connected");
+        tokio::spawn(watch_connection(
+            self.name.clone(),
+            broker.clone(),
+            readiness.clone(),
+            self.shutdown.clone(),
+        ));
 
         loop {
             match topology::provision(broker.as_ref(), &self.topology).await {
@@ -468,6 +475,54 @@ async fn connect(name: &str, target: &Target, readiness: &Readiness) -> Arc<dyn 
                 readiness.set(format!("broker:{name}"), false, err.to_string());
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+}
+
+/// How often `watch_connection` reads a broker's connection state.
+const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Follows a connected broker's connection state until shutdown: the
+/// `broker:<name>` readiness check, the connected gauge, and a count of the
+/// losses the broker recovered from. The brokers reconnect by themselves, so
+/// this only observes.
+///
+/// NOTE: the state is sampled every `CONNECTION_CHECK_INTERVAL`, so a loss
+/// and recovery within one interval is not counted.
+async fn watch_connection(
+    name: String,
+    broker: Arc<dyn Broker>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let check = format!("broker:{name}");
+    let gauge = metrics::gauge!(telemetry::BROKER_CONNECTED, "broker" => name.clone());
+    let reconnects = metrics::counter!(telemetry::BROKER_RECONNECTS, "broker" => name.clone());
+    // Publish the series at 0, so a dashboard sees it before the first loss.
+    reconnects.increment(0);
+    let mut was_connected = broker.is_connected();
+    gauge.set(if was_connected { 1.0 } else { 0.0 });
+    let mut lost_at = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CONNECTION_CHECK_INTERVAL) => {}
+        }
+        let connected = broker.is_connected();
+        if connected == was_connected {
+            continue;
+        }
+        was_connected = connected;
+        if connected {
+            gauge.set(1.0);
+            reconnects.increment(1);
+            readiness.set(&check, true, "connected");
+            tracing::info!(broker = %name, down_for = ?lost_at.elapsed(), "broker connection restored");
+        } else {
+            gauge.set(0.0);
+            lost_at = tokio::time::Instant::now();
+            readiness.set(&check, false, "connection lost; reconnecting");
+            tracing::warn!(broker = %name, "broker connection lost; reconnecting");
         }
     }
 }

@@ -8,6 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
 pub const EVENTS_PUBLISHED: &str = "switchyard_events_published_total";
 pub const EVENTS_HANDLED: &str = "switchyard_events_handled_total";
@@ -17,6 +21,8 @@ pub const HANDLER_RELOADS: &str = "switchyard_handler_reloads_total";
 pub const EVENTS_IN_FLIGHT: &str = "switchyard_events_in_flight";
 pub const HTTP_REJECTED: &str = "switchyard_http_requests_rejected_total";
 pub const BROKER_CONNECTED: &str = "switchyard_broker_connected";
+pub const BROKER_RECONNECTS: &str = "switchyard_broker_reconnects_total";
+pub const PREFETCH_UTILIZATION: &str = "switchyard_consumer_prefetch_utilization_ratio";
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -39,8 +45,90 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .try_init(),
     };
+}
+
+/// The `--log-format json` line: one object with `timestamp`, `level`,
+/// `target` and `fields`. `fields` holds the event's own fields and those of
+/// every span around it, so a per-event line carries the consumer, queue and
+/// event ids as plain fields that log search can filter on.
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = serde_json::Map::new();
+        if let Some(scope) = context.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(recorded) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                // `JsonFields` stores a span's fields as one JSON object.
+                if let Ok(serde_json::Value::Object(span_fields)) =
+                    serde_json::from_str(recorded.fields.as_str())
+                {
+                    fields.extend(span_fields);
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut fields));
+        let metadata = event.metadata();
+        let line = serde_json::json!({
+            "timestamp": crate::event::now_rfc3339(),
+            "level": metadata.level().as_str(),
+            "target": metadata.target(),
+            "fields": fields,
+        });
+        writeln!(writer, "{line}")
+    }
+}
+
+/// Collects an event's fields as JSON values.
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().to_owned(), value.to_string().into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), format!("{value:?}").into());
+    }
 }
 
 /// Installs the Prometheus recorder and returns the handle that renders
@@ -71,6 +159,14 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!(EVENTS_IN_FLIGHT, "Events being handled now.");
     metrics::describe_counter!(HTTP_REJECTED, "Producer requests answered with an error.");
     metrics::describe_gauge!(BROKER_CONNECTED, "1 while the broker connection is up.");
+    metrics::describe_counter!(
+        BROKER_RECONNECTS,
+        "Broker connections restored after a loss."
+    );
+    metrics::describe_gauge!(
+        PREFETCH_UTILIZATION,
+        "Unsettled deliveries of a queue consumer divided by its prefetch."
+    );
     Ok(handle)
 }
 

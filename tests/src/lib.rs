@@ -13,6 +13,7 @@ mod kafka;
 mod logs;
 mod manifests;
 mod metrics;
+mod outage;
 mod process;
 mod rabbitmq;
 pub mod shop;
@@ -24,8 +25,9 @@ pub use kafka::{KafkaRecord, OutgoingRecord, Tansu};
 pub use logs::{ChaosCall, LogLine};
 pub use manifests::{ChaosConsumer, chaos_manifest, queues_only_manifest};
 pub use metrics::Metrics;
+pub use outage::BrokerLink;
 pub use process::{BrokerMode, Stopped, Switchyard, poll};
-pub use rabbitmq::{RabbitMq, ReceivedMessage, rabbitmq};
+pub use rabbitmq::{RabbitMq, ReceivedMessage, rabbitmq, rabbitmqctl};
 
 /// Returns the repository root (the workspace folder).
 pub fn repo_root() -> &'static Path {

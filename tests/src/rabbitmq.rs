@@ -110,7 +110,9 @@ fn vhost_prefix() -> String {
     format!("switchyard-test-{safe}-")
 }
 
-fn rabbitmqctl(args: &[&str]) -> Result<Output, String> {
+/// Runs `rabbitmqctl --quiet` with `args` and returns its output, or an
+/// error with the output when it fails or times out.
+pub fn rabbitmqctl(args: &[&str]) -> Result<Output, String> {
     let mut child = Command::new("rabbitmqctl")
         .arg("--quiet")
         .args(args)

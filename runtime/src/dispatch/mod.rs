@@ -21,6 +21,7 @@ use crate::handler::{CallContext, CallError, HandlerHost, LoadedHandler};
 use crate::manifest::PartitionKey;
 use crate::schema::{SchemaCheck, Schemas};
 use crate::telemetry::{self, Readiness};
+use crate::trace::{TRACEPARENT, TRACESTATE, TraceParent};
 
 /// Header that counts handler calls for one message across redeliveries.
 pub const ATTEMPT_HEADER: &str = "x-switchyard-attempt";
@@ -315,6 +316,11 @@ async fn decide(
             ));
         }
     };
+    let trace = event
+        .extensions
+        .get(TRACEPARENT)
+        .and_then(|value| TraceParent::parse(value));
+    record_event_fields(&event, trace);
     match services.schemas.validate(&event.event_type, &event.data) {
         Ok(()) => {}
         Err(check @ SchemaCheck::UnknownType(_)) => {
@@ -337,7 +343,7 @@ async fn decide(
     let emitted = match result {
         Ok(emitted) => emitted,
         Err(CallError::Reject(reason)) => {
-            tracing::info!(consumer = %consumer.name, event_id = %event.id, %reason, "handler rejected event");
+            tracing::info!(%reason, "handler rejected event");
             return Ok(Disposition::DeadLetter {
                 reason: format!("rejected by handler: {reason}"),
                 label: "rejected",
@@ -345,8 +351,7 @@ async fn decide(
             });
         }
         Err(err) => {
-            tracing::warn!(consumer = %consumer.name, event_id = %event.id, attempt, error = %err,
-                "handler call failed");
+            tracing::warn!(attempt, error = %err, "handler call failed");
             if attempt >= consumer.retry.max_attempts {
                 return Ok(Disposition::DeadLetter {
                     reason: format!("failed {attempt} attempts; last error: {err}"),
@@ -358,16 +363,35 @@ async fn decide(
         }
     };
 
+    tracing::debug!(attempt, emitted = emitted.len(), elapsed = ?started.elapsed(), "handler returned ok");
     for output in emitted {
         let mut follow_up = Event::new(&output.event_type, &consumer.source, output.data);
-        if let Some(parent) = event.extensions.get("traceparent") {
+        // Each emitted event continues the trace of the event that caused
+        // it; one from a producer that sent no trace context starts a trace.
+        let context = trace.map_or_else(TraceParent::new_root, |parent| parent.child());
+        follow_up
+            .extensions
+            .insert(TRACEPARENT.into(), context.to_string());
+        if let Some(state) = event.extensions.get(TRACESTATE) {
             follow_up
                 .extensions
-                .insert("traceparent".into(), parent.clone());
+                .insert(TRACESTATE.into(), state.clone());
         }
         services.publisher.publish(&follow_up).await?;
+        tracing::debug!(follow_up_id = %follow_up.id, follow_up_type = %follow_up.event_type, "published emitted event");
     }
     Ok(Disposition::Ack)
+}
+
+/// Records the decoded event's id, type and trace id on the span of the
+/// delivery, which every log line about the event carries.
+fn record_event_fields(event: &Event, trace: Option<TraceParent>) {
+    let span = tracing::Span::current();
+    span.record("event_id", event.id.as_str());
+    span.record("event_type", event.event_type.as_str());
+    if let Some(trace) = trace {
+        span.record("trace_id", trace.trace_id_hex());
+    }
 }
 
 #[cfg(test)]

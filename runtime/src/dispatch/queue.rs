@@ -3,12 +3,14 @@
 //! dead-letter exchange.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     ATTEMPT_HEADER, CONSUMER_HEADER, Consumer, Disposition, QueueInput, REASON_HEADER,
@@ -88,6 +90,47 @@ pub(super) async fn run(
     }
 }
 
+/// The deliveries a consumer has taken from the broker and not settled yet,
+/// published as the share of the prefetch window they fill. With a prefetch
+/// of 0 (no limit) there is no window and no gauge.
+struct HeldDeliveries {
+    count: AtomicUsize,
+    prefetch: u16,
+    gauge: Option<metrics::Gauge>,
+}
+
+impl HeldDeliveries {
+    fn new(consumer: &Consumer) -> Self {
+        let gauge = (consumer.prefetch > 0).then(|| {
+            metrics::gauge!(telemetry::PREFETCH_UTILIZATION, "consumer" => consumer.name.to_string())
+        });
+        if let Some(gauge) = &gauge {
+            gauge.set(0.0);
+        }
+        HeldDeliveries {
+            count: AtomicUsize::new(0),
+            prefetch: consumer.prefetch,
+            gauge,
+        }
+    }
+
+    fn add(&self, n: usize) {
+        let count = self.count.fetch_add(n, Ordering::Relaxed) + n;
+        self.publish(count);
+    }
+
+    fn sub(&self, n: usize) {
+        let count = self.count.fetch_sub(n, Ordering::Relaxed) - n;
+        self.publish(count);
+    }
+
+    fn publish(&self, count: usize) {
+        if let Some(gauge) = &self.gauge {
+            gauge.set(count as f64 / f64::from(self.prefetch));
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum StreamEnd {
     Shutdown,
@@ -105,6 +148,7 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> StreamEnd {
     let permits = Arc::new(Semaphore::new(consumer.concurrency.max(1) as usize));
+    let held = Arc::new(HeldDeliveries::new(consumer));
     let mut running = JoinSet::new();
     let end = loop {
         let permit = tokio::select! {
@@ -128,17 +172,29 @@ async fn consume(
             let _ = delivery.reject(true).await;
             break StreamEnd::Ended;
         };
+        let span = tracing::info_span!(
+            "event",
+            consumer = %consumer.name,
+            queue = %queue.queue,
+            event_id = tracing::field::Empty,
+            event_type = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
         let consumer = consumer.clone();
         let queue = queue.clone();
         let services = services.clone();
-        running.spawn(async move {
+        let held = held.clone();
+        held.add(1);
+        let handling = async move {
             metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
                 .increment(1.0);
             process(&consumer, &queue, &services, &loaded, delivery).await;
             metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
                 .decrement(1.0);
+            held.sub(1);
             drop(permit);
-        });
+        };
+        running.spawn(handling.instrument(span));
         while running.try_join_next().is_some() {}
     };
     while running.join_next().await.is_some() {}
@@ -170,7 +226,7 @@ async fn process(
         Err(err) => {
             // The handler succeeded but its events could not be published:
             // leave the input for another attempt rather than lose the output.
-            tracing::warn!(consumer = %consumer.name, error = %err,
+            tracing::warn!(error = %err,
                 "publishing emitted events failed; the event will be retried");
             Disposition::Retry {
                 attempt: previous + 1,
@@ -221,7 +277,7 @@ async fn settle(
                     delivery.ack().await
                 }
                 Err(err) => {
-                    tracing::warn!(consumer = %consumer.name, error = %err,
+                    tracing::warn!(error = %err,
                         "cannot schedule retry; returning the message to its queue");
                     tokio::time::sleep(consumer.retry.backoff).await;
                     delivery.reject(true).await
@@ -237,7 +293,7 @@ async fn settle(
     if let Err(err) = result {
         // The broker redelivers an unacknowledged message, so at worst the
         // event is handled again.
-        tracing::warn!(consumer = %consumer.name, error = %err, "cannot acknowledge delivery");
+        tracing::warn!(error = %err, "cannot acknowledge delivery");
     }
 }
 
@@ -249,7 +305,7 @@ async fn dead_letter(
     label: &'static str,
     attempt: u32,
 ) -> Result<(), BrokerError> {
-    tracing::warn!(consumer = %consumer.name, %reason, attempt, "dead-lettering message");
+    tracing::warn!(%reason, attempt, "dead-lettering message");
     let mut copy: Message = delivery.message.clone();
     copy.headers.insert(REASON_HEADER.into(), reason.into());
     copy.headers
@@ -277,7 +333,7 @@ async fn dead_letter(
         Err(err) => {
             // The queue's own dead-letter exchange still keeps the message,
             // without switchyard's reason headers.
-            tracing::warn!(consumer = %consumer.name, error = %err,
+            tracing::warn!(error = %err,
                 "cannot publish dead letter; rejecting to the queue's dead-letter exchange");
             delivery.reject(false).await
         }

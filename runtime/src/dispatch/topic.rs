@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     ATTEMPT_HEADER, CONSUMER_HEADER, Consumer, Disposition, REASON_HEADER, Services, TopicInput,
@@ -168,7 +169,19 @@ async fn read(
 
         metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
             .increment(1.0);
-        let settled = handle(consumer, input, &record, handler, services, shutdown).await;
+        let span = tracing::info_span!(
+            "event",
+            consumer = %consumer.name,
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            event_id = tracing::field::Empty,
+            event_type = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let settled = handle(consumer, input, &record, handler, services, shutdown)
+            .instrument(span)
+            .await;
         metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
             .decrement(1.0);
         if !settled {
@@ -204,7 +217,7 @@ async fn handle(
         {
             Ok(disposition) => disposition,
             Err(err) => {
-                tracing::warn!(consumer = %consumer.name, error = %err,
+                tracing::warn!(error = %err,
                     "publishing emitted events failed; the record will be retried");
                 super::Disposition::Retry {
                     attempt: previous + 1,
@@ -234,9 +247,7 @@ async fn handle(
                 metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name.clone(), "outcome" => "retry")
                     .increment(1);
                 let delay = consumer.retry.delay(attempt);
-                tracing::info!(consumer = %consumer.name, topic = %record.topic,
-                    partition = record.partition, offset = record.offset, attempt, retry_in = ?delay,
-                    "retrying record; its partition waits");
+                tracing::info!(attempt, retry_in = ?delay, "retrying record; its partition waits");
                 tokio::select! {
                     _ = shutdown.cancelled() => return false,
                     _ = tokio::time::sleep(delay) => {}
@@ -267,8 +278,7 @@ async fn dead_letter(
     attempt: u32,
     shutdown: &CancellationToken,
 ) -> bool {
-    tracing::warn!(consumer = %consumer.name, topic = %record.topic, partition = record.partition,
-        offset = record.offset, %reason, attempt, dead_letter_topic = %input.dead_letter_topic,
+    tracing::warn!(%reason, attempt, dead_letter_topic = %input.dead_letter_topic,
         "dead-lettering record");
     let mut copy = record.message.clone();
     let headers = &mut copy.headers;
@@ -293,7 +303,7 @@ async fn dead_letter(
             Err(err) => {
                 failures += 1;
                 let delay = backoff(failures);
-                tracing::warn!(consumer = %consumer.name, dead_letter_topic = %input.dead_letter_topic,
+                tracing::warn!(dead_letter_topic = %input.dead_letter_topic,
                     error = %err, retry_in = ?delay,
                     "cannot write dead letter; the partition waits until it can");
                 tokio::select! {
