@@ -16,6 +16,7 @@ use tempfile::TempDir;
 const TIMEOUT: Duration = Duration::from_secs(20);
 const DURATION_SUM: &str = "switchyard_handler_duration_seconds_sum";
 const DURATION_COUNT: &str = "switchyard_handler_duration_seconds_count";
+const LIMIT_HITS: &str = "switchyard_handler_limit_hits_total";
 
 struct ChaosRun {
     // Holds the manifest and the stderr capture until the test ends.
@@ -259,6 +260,13 @@ async fn spin_stopped_by_deadline(mode: BrokerMode) -> anyhow::Result<()> {
         2,
         "spinner calls timed"
     );
+    let deadline = [("consumer", "spinner"), ("limit", "deadline")];
+    assert_eq!(
+        metrics.count(LIMIT_HITS, &deadline),
+        2,
+        "deadline hits:\n{}",
+        metrics.describe(LIMIT_HITS)
+    );
     let seconds = metrics.value(DURATION_SUM, &spinner);
     // Two calls of at least the deadline each, and not much longer.
     assert!(
@@ -266,6 +274,58 @@ async fn spin_stopped_by_deadline(mode: BrokerMode) -> anyhow::Result<()> {
         "spinner calls took {seconds} s in all; expected about 2 x 0.3 s"
     );
     finish(run, "spinner", &spin_id, 2).await
+}
+
+/// Checks that a call stopped by a limit is a failed attempt, counted by
+/// limit: two attempts, one `retry` outcome, then a dead letter with attempt 2.
+async fn limit_hit_counts_as_retry(
+    consumer: ChaosConsumer,
+    path: &str,
+    body: &serde_json::Value,
+    limit: &str,
+) -> anyhow::Result<()> {
+    let name = consumer.name.clone();
+    let run = start(BrokerMode::RabbitMq, &[consumer.max_attempts(2)]).await?;
+    let process = &run.process;
+    let event_id = process.publish(path, body).await?;
+
+    let labels = [("consumer", name.as_str()), ("reason", "max_attempts")];
+    process
+        .wait_for_count(DEAD_LETTERED, &labels, 1, TIMEOUT)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = process.metrics().await?;
+    let hits = [("consumer", name.as_str()), ("limit", limit)];
+    assert_eq!(
+        metrics.count(LIMIT_HITS, &hits),
+        2,
+        "limit hits:\n{}\nstderr:\n{}",
+        metrics.describe(LIMIT_HITS),
+        process.stderr_tail(20)
+    );
+    let retried = [("consumer", name.as_str()), ("outcome", "retry")];
+    assert_eq!(metrics.count(HANDLED, &retried), 1, "retry outcomes");
+    let calls = calls_of(&process.chaos_calls(), &event_id);
+    assert_eq!(attempts(&calls), [1, 2], "calls: {calls:#?}");
+    finish(run, &name, &event_id, 2).await
+}
+
+#[tokio::test]
+async fn memory_limit_counts_as_retry() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let allocator = ChaosConsumer::new("allocator", "order.placed", "alloc");
+    limit_hit_counts_as_retry(allocator, "/orders", &order_body(), "memory").await
+}
+
+/// The emitted copy of the event data is larger than `emit_size`, so the
+/// copy is never published.
+#[tokio::test]
+async fn emit_limit_counts_as_retry() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let emitter = ChaosConsumer::new("emitter", "user.created", "emit")
+        .config("emit-type", "user.created")
+        .emit_size("16B");
+    limit_hit_counts_as_retry(emitter, "/users", &user_body(), "emit_size").await
 }
 
 #[tokio::test]

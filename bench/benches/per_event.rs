@@ -51,7 +51,9 @@ fn fixture() -> Fixture {
         limits: Limits {
             timeout: Duration::from_secs(2),
             memory: 64 * 1024 * 1024,
+            emit_size: 1024 * 1024,
         },
+        grants: Arc::default(),
     };
     let message = Message {
         routing_key: CONSUMER.to_owned(),

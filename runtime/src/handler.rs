@@ -1,7 +1,8 @@
 //! The WebAssembly handler host: one `Engine` and `Linker`, an `InstancePre`
-//! per handler component, a fresh `Store` per call with a deadline and a
-//! memory cap. Guests get WASI 0.2 with clocks and random, and their stdout
-//! and stderr go to the log; they get no filesystem, network or environment.
+//! per handler component, a fresh `Store` per call with a deadline, a
+//! memory cap and a cap on emitted data. Guests get WASI 0.2 with clocks and
+//! random, and their stdout and stderr go to the log. They get no network,
+//! and no filesystem or environment beyond their consumer's grants.
 
 mod output;
 
@@ -13,10 +14,10 @@ use std::time::Duration;
 use serde_json::Value;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    StoreLimits, StoreLimitsBuilder,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::event::Event;
 use crate::schema::Schemas;
@@ -48,15 +49,44 @@ pub enum CallError {
     Trap(String),
     #[error("handler exceeded its deadline of {0:?}")]
     Deadline(Duration),
+    #[error("handler exceeded its memory limit of {0} bytes")]
+    MemoryLimit(u64),
+    #[error("handler emitted more than its limit of {0} bytes of event data")]
+    EmitLimit(u64),
     #[error("host failed to run the handler: {0}")]
     Host(String),
+}
+
+impl CallError {
+    /// Returns the name of the limit the call hit, for metrics: `deadline`,
+    /// `memory` or `emit_size`.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            CallError::Deadline(_) => Some("deadline"),
+            CallError::MemoryLimit(_) => Some("memory"),
+            CallError::EmitLimit(_) => Some("emit_size"),
+            _ => None,
+        }
+    }
 }
 
 /// Per-call limits of a consumer's handler.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub timeout: Duration,
+    /// Bytes of linear memory.
     pub memory: u64,
+    /// Bytes of event data, summed over every event one call emits.
+    pub emit_size: u64,
+}
+
+/// Host resources a consumer's handler may use.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    /// Environment variables with the values they had at start.
+    pub env: Vec<(String, String)>,
+    /// Read-only folders: the path the guest opens, and the host folder.
+    pub read_dirs: Vec<(String, PathBuf)>,
 }
 
 /// Inputs a handler call may read: its consumer's name and config, and the
@@ -67,6 +97,7 @@ pub struct CallContext {
     pub config: Arc<BTreeMap<String, String>>,
     pub schemas: Schemas,
     pub limits: Limits,
+    pub grants: Arc<Grants>,
 }
 
 /// An event a handler emitted: its type and validated data.
@@ -99,9 +130,56 @@ impl std::fmt::Debug for LoadedHandler {
 struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: CallLimiter,
     context: CallContext,
     emitted: Vec<Emitted>,
+    /// Bytes of event data emitted so far.
+    emitted_bytes: u64,
+    /// Set once `emit` went over the consumer's `emit_size`.
+    emit_limit_hit: bool,
+}
+
+/// `StoreLimits` that also records whether the memory cap stopped a grow,
+/// so that such a trap is reported as the limit it is.
+struct CallLimiter {
+    limits: StoreLimits,
+    memory_limit_hit: bool,
+}
+
+impl ResourceLimiter for CallLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum);
+        if !matches!(allowed, Ok(true)) {
+            self.memory_limit_hit = true;
+        }
+        allowed
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl WasiView for CallState {
@@ -128,6 +206,16 @@ impl host::Host for CallState {
     }
 
     fn emit(&mut self, event_type: String, data: Vec<u8>) -> Result<(), String> {
+        let limit = self.context.limits.emit_size;
+        let total = self.emitted_bytes.saturating_add(data.len() as u64);
+        if total > limit {
+            self.emit_limit_hit = true;
+            return Err(format!(
+                "`{event_type}` not emitted: this call's events would hold {total} bytes of data, \
+                 over the consumer's limit of {limit} bytes (`limits.emit_size`)"
+            ));
+        }
+        self.emitted_bytes = total;
         let data: Value = serde_json::from_slice(&data)
             .map_err(|err| format!("data of `{event_type}` is not valid JSON: {err}"))?;
         self.context
@@ -278,20 +366,34 @@ impl HandlerHost {
         let event_id: Arc<str> = Arc::from(event.id.as_str());
         let stdout = GuestOutput::new(Stream::Stdout, context.consumer.clone(), event_id.clone());
         let stderr = GuestOutput::new(Stream::Stderr, context.consumer.clone(), event_id);
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
-            .build();
+            .envs(&context.grants.env);
+        for (guest, host) in &context.grants.read_dirs {
+            wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+                .map_err(|err| {
+                    CallError::Host(format!(
+                        "cannot open granted folder `{}`: {err}",
+                        host.display()
+                    ))
+                })?;
+        }
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(context.limits.memory).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)
             .build();
         let state = CallState {
-            wasi,
+            wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits,
+            limits: CallLimiter {
+                limits,
+                memory_limit_hit: false,
+            },
             context: context.clone(),
             emitted: Vec::new(),
+            emitted_bytes: 0,
+            emit_limit_hit: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -323,9 +425,17 @@ async fn run_handle(
     };
     let result = match tokio::time::timeout(timeout, run).await {
         Err(_) => return Err(CallError::Deadline(timeout)),
+        Ok(Err(_)) if store.data().limits.memory_limit_hit => {
+            return Err(CallError::MemoryLimit(context.limits.memory));
+        }
         Ok(Err(trap)) => return Err(CallError::Trap(format!("{trap:#}"))),
         Ok(Ok(result)) => result,
     };
+    // Whatever the guest made of the rejected `emit`, the call is one
+    // attempt that hit a limit, and none of its events are published.
+    if store.data().emit_limit_hit {
+        return Err(CallError::EmitLimit(context.limits.emit_size));
+    }
     match result {
         Ok(()) => Ok(std::mem::take(&mut store.data_mut().emitted)),
         Err(types::HandlerError::Retry(reason)) => Err(CallError::Retry(reason)),

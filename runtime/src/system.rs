@@ -18,7 +18,7 @@ use crate::dispatch::{
     TopicInput,
 };
 use crate::event::WireFormat;
-use crate::handler::{CallContext, HandlerHost, Limits};
+use crate::handler::{CallContext, Grants, HandlerHost, Limits};
 use crate::ingress::{self, Ingress, Producer};
 use crate::manifest::{self, BrokerKind, Encoding, Manifest, Purpose};
 use crate::reload::{self, Slots};
@@ -637,6 +637,24 @@ fn producers(manifest: &Manifest) -> anyhow::Result<Vec<Producer>> {
     Ok(producers)
 }
 
+/// Resolves a consumer's grants: the values of its environment variables
+/// now, and its folders. A granted variable that is not set is left out;
+/// loading the manifest warned about it.
+fn grants(manifest: &Manifest, consumer: &str, def: &manifest::GrantsDef) -> Grants {
+    let env = def
+        .env
+        .iter()
+        .filter_map(|name| {
+            let name = name.get_ref();
+            std::env::var(name).ok().map(|value| (name.clone(), value))
+        })
+        .collect();
+    Grants {
+        env,
+        read_dirs: manifest.granted_dirs(consumer),
+    }
+}
+
 fn consumers(
     manifest: &Manifest,
     brokers: &HashMap<String, Arc<dyn Broker>>,
@@ -667,7 +685,9 @@ fn consumers(
                 limits: Limits {
                     timeout: def.limits.timeout.0,
                     memory: def.limits.memory.0,
+                    emit_size: def.limits.emit_size.0,
                 },
+                grants: Arc::new(grants(manifest, name, &def.grants)),
             },
             source: format!("/{}/{name}", manifest.name),
             handler_path: manifest.handler_path(name),

@@ -23,6 +23,7 @@ pub const HTTP_REJECTED: &str = "switchyard_http_requests_rejected_total";
 pub const BROKER_CONNECTED: &str = "switchyard_broker_connected";
 pub const BROKER_RECONNECTS: &str = "switchyard_broker_reconnects_total";
 pub const PREFETCH_UTILIZATION: &str = "switchyard_consumer_prefetch_utilization_ratio";
+pub const LIMIT_HITS: &str = "switchyard_handler_limit_hits_total";
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -162,6 +163,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!(
         BROKER_RECONNECTS,
         "Broker connections restored after a loss."
+    );
+    metrics::describe_counter!(
+        LIMIT_HITS,
+        "Handler calls stopped by a limit: deadline, memory or emit_size."
     );
     metrics::describe_gauge!(
         PREFETCH_UTILIZATION,

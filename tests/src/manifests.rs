@@ -18,11 +18,15 @@ pub struct ChaosConsumer {
     /// `config.mode` of the chaos guest: ok, retry, reject, spin, trap,
     /// alloc or emit.
     pub mode: String,
+    /// Further `config` entries, such as `emit-type` for mode `emit`.
+    pub config: Vec<(String, String)>,
     pub max_attempts: u32,
     pub backoff: String,
     pub timeout: String,
     pub concurrency: u32,
     pub prefetch: u16,
+    /// `limits.emit_size`, when not the default.
+    pub emit_size: Option<String>,
 }
 
 impl ChaosConsumer {
@@ -38,7 +42,20 @@ impl ChaosConsumer {
             timeout: "2s".to_owned(),
             concurrency: 4,
             prefetch: 16,
+            config: Vec::new(),
+            emit_size: None,
         }
+    }
+
+    /// Adds an entry to the consumer's `config` table.
+    pub fn config(mut self, key: &str, value: &str) -> Self {
+        self.config.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn emit_size(mut self, size: &str) -> Self {
+        self.emit_size = Some(size.to_owned());
+        self
     }
 
     pub fn max_attempts(mut self, attempts: u32) -> Self {
@@ -154,8 +171,8 @@ handler = "chaos.wasm"
 prefetch = {prefetch}
 concurrency = {concurrency}
 retry = {{ max_attempts = {attempts}, backoff = {backoff} }}
-limits = {{ timeout = {timeout}, memory = "64MiB" }}
-config = {{ mode = {mode} }}
+limits = {{ timeout = {timeout}, memory = "64MiB"{emit_size} }}
+config = {{ mode = {mode}{config} }}
 "#,
             prefetch = consumer.prefetch,
             concurrency = consumer.concurrency,
@@ -163,6 +180,16 @@ config = {{ mode = {mode} }}
             backoff = toml_string(&consumer.backoff),
             timeout = toml_string(&consumer.timeout),
             mode = toml_string(&consumer.mode),
+            emit_size = consumer
+                .emit_size
+                .as_ref()
+                .map(|size| format!(", emit_size = {}", toml_string(size)))
+                .unwrap_or_default(),
+            config = consumer
+                .config
+                .iter()
+                .map(|(key, value)| format!(", {} = {}", toml_string(key), toml_string(value)))
+                .collect::<String>(),
         );
     }
     text

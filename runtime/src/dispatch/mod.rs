@@ -352,6 +352,10 @@ async fn decide(
         }
         Err(err) => {
             tracing::warn!(attempt, error = %err, "handler call failed");
+            if let Some(limit) = err.limit() {
+                metrics::counter!(telemetry::LIMIT_HITS, "consumer" => consumer.name.to_string(), "limit" => limit)
+                    .increment(1);
+            }
             if attempt >= consumer.retry.max_attempts {
                 return Ok(Disposition::DeadLetter {
                     reason: format!("failed {attempt} attempts; last error: {err}"),

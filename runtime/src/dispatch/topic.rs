@@ -356,7 +356,9 @@ mod tests {
                 limits: Limits {
                     timeout,
                     memory: 1 << 20,
+                    emit_size: 1 << 20,
                 },
+                grants: Arc::default(),
             },
             source: "/test/c".into(),
             handler_path: None,

@@ -2,6 +2,7 @@
 //! checks that tie its references together. Knows no broker connection.
 
 mod check;
+mod grants;
 mod interpolate;
 mod model;
 mod parse;
@@ -103,6 +104,23 @@ impl Manifest {
         Some(self.handler_dirs[entry.file].join(entry.def.handler.get_ref()))
     }
 
+    /// Returns the folders a consumer's handler may read, as pairs of the
+    /// path the handler opens and the host folder, resolved against the
+    /// folder of the consumer's manifest.
+    pub fn granted_dirs(&self, consumer: &str) -> Vec<(String, PathBuf)> {
+        let Some(entry) = self.consumers.get(consumer) else {
+            return Vec::new();
+        };
+        let folder = self.files[entry.file].folder();
+        entry
+            .def
+            .grants
+            .read_dirs
+            .iter()
+            .map(|(guest, host)| (guest.clone(), folder.join(host.get_ref())))
+            .collect()
+    }
+
     /// Returns every folder that contains handlers, without repeats.
     pub fn handler_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = self.handler_dirs.clone();
@@ -198,6 +216,7 @@ pub fn load(
     }
     expand_variables(&mut manifest, purpose, lookup, &mut problems);
     check::references(&manifest, purpose, &mut problems);
+    grants::check(&manifest, lookup, &mut problems);
     Loaded { manifest, problems }
 }
 

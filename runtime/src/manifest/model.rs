@@ -380,6 +380,10 @@ pub struct ConsumerDef {
     /// Resource limits of each handler call.
     #[serde(default)]
     pub limits: LimitsDef,
+    /// Host resources the handler may use besides clocks, random numbers and
+    /// its log. Default: none.
+    #[serde(default)]
+    pub grants: GrantsDef,
     /// Values the handler reads with the host's `config` function.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -424,6 +428,11 @@ pub struct LimitsDef {
     #[schemars(with = "String")]
     #[serde(default = "default_memory")]
     pub memory: ByteSize,
+    /// Largest total size of the event data that one call emits, such as
+    /// `256KiB`. Default `1MiB`.
+    #[schemars(with = "String")]
+    #[serde(default = "default_emit_size")]
+    pub emit_size: ByteSize,
 }
 
 impl Default for LimitsDef {
@@ -431,8 +440,26 @@ impl Default for LimitsDef {
         LimitsDef {
             timeout: default_timeout(),
             memory: default_memory(),
+            emit_size: default_emit_size(),
         }
     }
+}
+
+/// Host resources a handler may use. The network is never granted.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsDef {
+    /// Environment variables of the switchyard process passed to the
+    /// handler, by name, such as `["TZ"]`. Their values are read at start.
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    /// Folders the handler may read, such as `{ "/reference" = "data/ref" }`:
+    /// the path the handler opens, then the folder on the host, relative to
+    /// the manifest's folder. Nothing in them can be written.
+    #[schemars(with = "BTreeMap<String, String>")]
+    #[serde(default)]
+    pub read_dirs: BTreeMap<String, Spanned<String>>,
 }
 
 fn default_true() -> bool {
@@ -477,4 +504,8 @@ fn default_timeout() -> HumanDuration {
 
 fn default_memory() -> ByteSize {
     ByteSize(64 * 1024 * 1024)
+}
+
+fn default_emit_size() -> ByteSize {
+    ByteSize(1024 * 1024)
 }

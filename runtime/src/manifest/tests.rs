@@ -377,3 +377,24 @@ fn literal_sasl_password_warned() {
     let loaded = load_texts(&[&text], Purpose::Run);
     assert!(loaded.problems.is_empty(), "{}", loaded.render());
 }
+
+#[test]
+fn grants_checked() {
+    let text = format!(
+        "{BASE}
+[consumers.worker]
+queue = \"work\"
+handler = \"worker.wasm\"
+grants = {{ env = [\"SWITCHYARD_TEST_UNSET\"], read_dirs = {{ \"/data\" = \"no-such-folder\" }} }}
+"
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(
+        codes(&loaded),
+        ["granted-variable-unset", "granted-folder-not-found"]
+    );
+    assert_eq!(loaded.problems[0].severity, Severity::Warning);
+    assert_eq!(loaded.problems[1].severity, Severity::Error);
+    assert_eq!(position(&loaded, 0), (21, 19));
+    assert_eq!(position(&loaded, 1), (21, 69));
+}
