@@ -6,6 +6,7 @@ mod interpolate;
 mod model;
 mod parse;
 mod problem;
+mod routes;
 mod values;
 
 use std::collections::BTreeMap;

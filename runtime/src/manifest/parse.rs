@@ -25,7 +25,8 @@ pub(super) struct Parsed {
     pub manifest: ManifestFile,
     pub problems: Vec<Problem>,
     /// Entries that exist but did not parse, as `(kind, name)` with kinds
-    /// such as `broker`, so references to them are not reported again.
+    /// such as `broker`, so references to them are not reported again. An
+    /// unknown table is recorded as `("table", name)`.
     pub broken: Vec<(&'static str, String)>,
 }
 
@@ -72,8 +73,12 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
                         .at(file, span)
                         .hint(hint),
                 );
+                broken.push(("table", other.to_owned()));
             }
         }
+    }
+    for problem in &mut problems {
+        name_duplicate_key(problem, text);
     }
     // The parsed table is not in document order; report top to bottom.
     problems.sort_by_key(|problem| problem.span.as_ref().map(|span| span.start));
@@ -134,30 +139,74 @@ fn entries<T: DeserializeOwned>(
 pub(super) fn problem(file: usize, err: &toml::de::Error) -> Problem {
     let message = err.message().trim().to_owned();
     let (code, hint) = if message.starts_with("unknown field") {
-        (
-            "unknown-key",
-            "remove the key or correct its spelling; `switchyard schema` prints every valid key",
-        )
+        let hint = match closest_field(&message) {
+            Some(field) => format!("did you mean `{field}`?"),
+            None => "remove the key or correct its spelling; `switchyard schema` prints every \
+                     valid key"
+                .to_owned(),
+        };
+        ("unknown-key", hint)
     } else if message.starts_with("duplicate key") {
-        ("duplicate-key", "keep one of the two definitions")
+        (
+            "duplicate-key",
+            "keep one of the two definitions".to_owned(),
+        )
     } else if message.starts_with("invalid type") || message.starts_with("unknown variant") {
         (
             "invalid-value",
-            "see `switchyard schema` for the expected type",
+            "see `switchyard schema` for the expected type".to_owned(),
         )
     } else if message.starts_with("missing field") {
         (
             "missing-key",
-            "add the key; `switchyard schema` describes it",
+            "add the key; `switchyard schema` describes it".to_owned(),
         )
     } else if message.starts_with("invalid duration") || message.starts_with("invalid size") {
-        ("invalid-value", "write a number and a unit")
+        ("invalid-value", "write a number and a unit".to_owned())
     } else {
-        ("invalid-toml", "fix the TOML syntax at this position")
+        (
+            "invalid-toml",
+            "fix the TOML syntax at this position".to_owned(),
+        )
     };
     let problem = Problem::error(code, message).hint(hint);
     match err.span() {
         Some(span) => problem.at(file, span),
         None => problem.in_file(file),
+    }
+}
+
+/// Returns the valid field closest to the unknown one in serde's message
+/// "unknown field `X`, expected one of `A`, `B`" (or "expected `A`").
+fn closest_field(message: &str) -> Option<String> {
+    let mut quoted = message.split('`').skip(1).step_by(2);
+    let unknown = quoted.next()?;
+    let expected: Vec<String> = quoted.map(str::to_owned).collect();
+    closest(unknown, &expected)
+}
+
+/// Adds the key's name to toml's bare "duplicate key" message.
+fn name_duplicate_key(problem: &mut Problem, text: &str) {
+    if problem.code != "duplicate-key" || problem.message != "duplicate key" {
+        return;
+    }
+    let Some(key) = problem.span.clone().and_then(|span| text.get(span)) else {
+        return;
+    };
+    problem.message = format!("duplicate key `{}`", key.trim());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closest_field;
+
+    #[test]
+    fn closest_field_from_serde_message() {
+        let message = "unknown field `id_feild`, expected one of `http`, `event`, `id_field`";
+        assert_eq!(closest_field(message).as_deref(), Some("id_field"));
+        let single = "unknown field `quue`, expected `queue`";
+        assert_eq!(closest_field(single).as_deref(), Some("queue"));
+        let far = "unknown field `zzz`, expected one of `http`, `event`";
+        assert_eq!(closest_field(far), None);
     }
 }
