@@ -11,6 +11,7 @@ use jsonschema::{Draft, Registry, Validator};
 use serde_json::Value;
 
 pub mod compat;
+mod refs;
 
 use crate::manifest::{Manifest, Problem};
 
@@ -155,7 +156,7 @@ fn local_registry(dir: &Path) -> Result<Registry<'static>, String> {
             dir.display()
         )
     })?;
-    let mut resources = Vec::new();
+    let mut resources: Vec<(String, Value)> = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_none_or(|ext| ext != "json") {
@@ -169,10 +170,27 @@ fn local_registry(dir: &Path) -> Result<Registry<'static>, String> {
         };
         resources.push((file_url(&path), value));
     }
-    Registry::new()
-        .extend(resources)
-        .and_then(|builder| builder.prepare())
-        .map_err(|err| format!("cannot index schemas in `{}`: {err}", dir.display()))
+    let prepare = |resources: Vec<(String, Value)>| {
+        Registry::new()
+            .extend(resources)
+            .and_then(|builder| builder.prepare())
+    };
+    match prepare(resources.clone()) {
+        Ok(registry) => Ok(registry),
+        // One file with a `$ref` that cannot resolve fails the whole
+        // registry. Leave such files out, so that only the events whose
+        // schemas use them fail, each with its own problem.
+        Err(err) => {
+            resources.retain(|(_, value)| refs::unresolved_ref(value, dir).is_none());
+            prepare(resources).map_err(|_| {
+                format!(
+                    "cannot index schemas in `{}`: {}",
+                    dir.display(),
+                    err.to_string().replace(&format!("{}/", file_url(dir)), "")
+                )
+            })
+        }
+    }
 }
 
 type CompileError = (&'static str, String, String);
@@ -227,6 +245,20 @@ fn compile_one(
         options = options.with_draft(draft);
     }
     let validator = options.build(&schema).map_err(|err| {
+        let folder = path.parent().unwrap_or_else(|| Path::new("."));
+        if let Some(reference) = refs::unresolved_ref(&schema, folder) {
+            return (
+                "schema-ref-unresolved",
+                format!(
+                    "schema `{}` refers to `{reference}`, which is not a `.json` file in `{}`",
+                    path.display(),
+                    folder.display()
+                ),
+                "add the file to that folder or correct the `$ref`. References resolve only to \
+                 files in the schemas folder and are never fetched"
+                    .to_owned(),
+            );
+        }
         (
             "schema-invalid",
             format!("cannot compile schema `{}`: {err}", path.display()),
@@ -311,6 +343,31 @@ mod tests {
         let schema = r#"{"$ref": "https://example.com/schema.json"}"#;
         let (_, problems) = compile_with_schema(schema);
         assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].code, "schema-invalid");
+        assert_eq!(problems[0].code, "schema-ref-unresolved");
+        assert!(
+            problems[0]
+                .message
+                .contains("refers to `https://example.com/schema.json`"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn unresolved_reference_fails_only_its_event() {
+        let dir = std::env::temp_dir().join(format!("switchyard-schema-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("schemas")).unwrap();
+        std::fs::write(dir.join("schemas/good.json"), r#"{"type": "object"}"#).unwrap();
+        std::fs::write(dir.join("schemas/bad.json"), r#"{"$ref": "missing.json"}"#).unwrap();
+        let manifest_path = dir.join("m.toml");
+        let text = "[runtime]\nschemas = \"schemas\"\n\n[events.good]\nschema = \"good.json\"\n\n[events.bad]\nschema = \"bad.json\"\n";
+        std::fs::write(&manifest_path, text).unwrap();
+        let loaded = manifest::load(&[manifest_path], Purpose::Check, &|_| None);
+        let (schemas, problems) = Schemas::compile(&loaded.manifest);
+        let _ = std::fs::remove_dir_all(&dir);
+        let codes: Vec<&str> = problems.iter().map(|p| p.code).collect();
+        assert_eq!(codes, ["schema-ref-unresolved"], "{problems:?}");
+        assert!(problems[0].message.contains("`missing.json`"));
+        assert!(schemas.get("good").is_some(), "good.json did not compile");
     }
 }
