@@ -220,22 +220,27 @@ fn compile_one(
             "fix the JSON syntax".to_owned(),
         )
     })?;
-    let draft = if schema.get("$schema").is_some() {
-        jsonschema::meta::validate(&schema).map_err(|err| {
-            (
-                "schema-invalid",
-                format!(
-                    "schema `{}` does not conform to its meta-schema at `{}`: {err}",
-                    path.display(),
-                    display_pointer(&err.instance_path().to_string())
-                ),
-                "fix the schema keyword named here".to_owned(),
-            )
-        })?;
-        None
+    // A schema without `$schema` is read as draft 2020-12, so it is
+    // checked against that draft's meta-schema.
+    let (meta_result, draft) = if schema.get("$schema").is_some() {
+        (jsonschema::meta::validate(&schema), None)
     } else {
-        Some(Draft::Draft202012)
+        (
+            jsonschema::draft202012::meta::validate(&schema),
+            Some(Draft::Draft202012),
+        )
     };
+    meta_result.map_err(|err| {
+        (
+            "schema-invalid",
+            format!(
+                "schema `{}` does not conform to its meta-schema at `{}`: {err}",
+                path.display(),
+                display_pointer(&err.instance_path().to_string())
+            ),
+            "fix the schema keyword named here".to_owned(),
+        )
+    })?;
     let mut options = jsonschema::options()
         .should_validate_formats(true)
         .with_base_uri(file_url(path))
@@ -262,7 +267,7 @@ fn compile_one(
         (
             "schema-invalid",
             format!("cannot compile schema `{}`: {err}", path.display()),
-            "only `$ref`s to `.json` files in the schemas folder resolve; remote references are never fetched".to_owned(),
+            "fix the schema keyword that the message names".to_owned(),
         )
     })?;
     let compiled = EventSchema {
@@ -348,6 +353,21 @@ mod tests {
             problems[0]
                 .message
                 .contains("refers to `https://example.com/schema.json`"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn schema_without_draft_checked_against_2020_12() {
+        let schema = r#"{"type": "object", "properties": {"a": {"type": "text"}}}"#;
+        let (_, problems) = compile_with_schema(schema);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].code, "schema-invalid");
+        assert!(
+            problems[0]
+                .message
+                .contains("meta-schema at `/properties/a/type`"),
             "{}",
             problems[0].message
         );
