@@ -342,3 +342,32 @@ fn write_checkout(root: &Path, manifest: &Path, required: &str) {
     );
     std::fs::write(root.join("schemas/order.placed.json"), schema).expect("write schema");
 }
+
+#[test]
+fn check_never_connects_to_broker() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    let output = Command::new(switchyard_binary())
+        .args(["check", "manifest.toml"])
+        .current_dir(case_dir("valid"))
+        .env_clear()
+        .env("RABBITMQ_URL", format!("amqp://127.0.0.1:{port}/%2f"))
+        .output()
+        .expect("the switchyard binary runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    listener
+        .set_nonblocking(true)
+        .expect("make the listener non-blocking");
+    let accepted = listener.accept();
+    assert!(
+        accepted
+            .as_ref()
+            .is_err_and(|err| err.kind() == std::io::ErrorKind::WouldBlock),
+        "check connected to the broker address: {accepted:?}"
+    );
+}
