@@ -131,6 +131,7 @@ fn case_reports_its_own_code() {
         ("handler-core-module", &["handler-invalid"][..]),
         ("handler-not-found", &["handler-not-found"][..]),
         ("handler-other-world", &["handler-invalid"][..]),
+        ("handler-unknown-import", &["handler-invalid"][..]),
         ("invalid-binding-key", &["invalid-binding-key"][..]),
         ("invalid-duration", &["invalid-value"][..]),
         ("invalid-enum", &["invalid-value"][..]),
