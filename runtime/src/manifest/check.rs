@@ -635,6 +635,11 @@ fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
 
 /// Reports whether `user:password@` appears in the text outside `${...}`.
 fn has_literal_password(url: &str) -> bool {
+    literal_password(url).is_some()
+}
+
+/// Returns the password of `user:password@` in the text outside `${...}`.
+pub(super) fn literal_password(url: &str) -> Option<String> {
     let mut outside = String::new();
     let mut depth = 0;
     let mut chars = url.chars().peekable();
@@ -648,16 +653,11 @@ fn has_literal_password(url: &str) -> bool {
             outside.push(c);
         }
     }
-    let Some((_, rest)) = outside.split_once("://") else {
-        return false;
-    };
+    let (_, rest) = outside.split_once("://")?;
     let authority = rest.split('/').next().unwrap_or_default();
-    match authority.rsplit_once('@') {
-        Some((userinfo, _)) => userinfo
-            .split_once(':')
-            .is_some_and(|(_, password)| !password.is_empty()),
-        None => false,
-    }
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_owned())
 }
 
 #[cfg(test)]

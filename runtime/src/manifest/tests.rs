@@ -535,3 +535,25 @@ fn route_warnings_wait_for_broken_entries() {
     let loaded = load_texts(&[&text], Purpose::Run);
     assert_eq!(codes(&loaded), ["invalid-value"], "{}", loaded.render());
 }
+
+#[test]
+fn rendered_source_hides_passwords() {
+    let url = ROUTED.replace("amqp://localhost", "amqp://app:s3cret@localhost/%2f");
+    let loaded = load_texts(&[&url], Purpose::Run);
+    assert_eq!(codes(&loaded), ["literal-password"], "{}", loaded.render());
+    let rendered = loaded.render();
+    assert!(!rendered.contains("s3cret"), "{rendered}");
+    assert!(
+        rendered.contains("amqp://app:******@localhost/%2f"),
+        "{rendered}"
+    );
+
+    let option = KAFKA.replace(
+        "bootstrap = \"127.0.0.1:9092\"",
+        "bootstrap = \"127.0.0.1:9092\"\noptions = { \"sasl.password\" = \"hunter2\" }",
+    );
+    let loaded = load_texts(&[&option], Purpose::Run);
+    let rendered = loaded.render();
+    assert!(!rendered.contains("hunter2"), "{rendered}");
+    assert!(rendered.contains("\"*******\""), "{rendered}");
+}
