@@ -137,6 +137,7 @@ fn case_reports_its_own_code() {
         ("handler-other-world", &["handler-invalid"][..]),
         ("handler-unknown-import", &["handler-invalid"][..]),
         ("invalid-binding-key", &["invalid-binding-key"][..]),
+        ("invalid-concurrency", &["invalid-value"][..]),
         ("invalid-duration", &["invalid-value"][..]),
         ("invalid-enum", &["invalid-value"][..]),
         ("invalid-route", &["invalid-route"][..]),

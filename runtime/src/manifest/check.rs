@@ -170,7 +170,7 @@ fn brokers(manifest: &Manifest, problems: &mut Vec<Problem>) {
                     "missing-key",
                     format!("broker `{name}` of kind `{kind}` has no `{key}`"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint(format!("add `{example}` to `[brokers.{name}]`")),
             );
         }
@@ -338,7 +338,7 @@ fn topics(manifest: &Manifest, problems: &mut Vec<Problem>) {
                         "invalid-value",
                         format!("topic `{name}` has `{key} = {value}`"),
                     )
-                    .in_file(entry.file)
+                    .at_entry(entry)
                     .hint(format!("set `{key}` to 1 or more")),
                 );
             }
@@ -514,7 +514,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "missing-key",
                     format!("consumer `{name}` has neither `queue` nor `topic`"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint("add `queue = \"...\"` for RabbitMQ or `topic = \"...\"` for Kafka"),
             ),
         }
@@ -524,7 +524,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "unknown-key",
                     format!("consumer `{name}` has a `group` but reads no topic"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint("`group` names a Kafka consumer group; queue consumers share their queue instead"),
             );
         }
@@ -534,7 +534,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "invalid-value",
                     format!("consumer `{name}` has `retry.max_attempts = 0`"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint("set at least 1: the number of handler calls for one event"),
             );
         }
@@ -544,7 +544,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "invalid-value",
                     format!("consumer `{name}` has `concurrency = 0`"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint("set at least 1: the number of handler calls running at once"),
             );
         }

@@ -34,6 +34,9 @@ pub enum Purpose {
 #[derive(Debug)]
 pub struct Entry<T> {
     pub file: usize,
+    /// Byte range of the entry's name in that file, such as `work` in
+    /// `[queues.work]`.
+    pub name_span: Option<std::ops::Range<usize>>,
     pub def: T,
 }
 
@@ -184,11 +187,11 @@ pub fn load(
         let parsed = parse::parse(index, &file.text);
         problems.extend(parsed.problems);
         manifest.broken.extend(parsed.broken);
-        let parsed = parsed.manifest;
         merge(
             &mut manifest,
             index,
-            parsed,
+            parsed.manifest,
+            &parsed.names,
             &mut runtime_origin,
             &mut problems,
         );
@@ -206,6 +209,7 @@ fn merge(
     manifest: &mut Manifest,
     index: usize,
     parsed: ManifestFile,
+    names: &NameSpans,
     runtime_origin: &mut BTreeMap<&'static str, usize>,
     problems: &mut Vec<Problem>,
 ) {
@@ -260,6 +264,7 @@ fn merge(
         parsed.brokers,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -268,6 +273,7 @@ fn merge(
         parsed.exchanges,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -276,6 +282,7 @@ fn merge(
         parsed.queues,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -284,6 +291,7 @@ fn merge(
         parsed.topics,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -292,6 +300,7 @@ fn merge(
         parsed.events,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -300,6 +309,7 @@ fn merge(
         parsed.producers,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -308,19 +318,29 @@ fn merge(
         parsed.consumers,
         index,
         files,
+        names,
         problems,
     );
 }
 
+/// Byte ranges of the entry names of one file, by `(kind, name)`.
+type NameSpans = BTreeMap<(&'static str, String), std::ops::Range<usize>>;
+
 fn insert_all<T>(
     target: &mut BTreeMap<String, Entry<T>>,
-    kind: &str,
+    kind: &'static str,
     defs: BTreeMap<String, T>,
     index: usize,
     files: &[SourceFile],
+    names: &NameSpans,
     problems: &mut Vec<Problem>,
 ) {
     for (name, def) in defs {
+        let entry = Entry {
+            file: index,
+            name_span: names.get(&(kind, name.clone())).cloned(),
+            def,
+        };
         if let Some(existing) = target.get(&name) {
             problems.push(
                 Problem::error(
@@ -330,12 +350,12 @@ fn insert_all<T>(
                         files[existing.file].path.display()
                     ),
                 )
-                .in_file(index)
+                .at_entry(&entry)
                 .hint("names are global across all manifests given together; rename one"),
             );
             continue;
         }
-        target.insert(name, Entry { file: index, def });
+        target.insert(name, entry);
     }
 }
 

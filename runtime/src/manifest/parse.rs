@@ -2,6 +2,7 @@
 //! reported in one run instead of only the first one serde meets.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use serde::de::DeserializeOwned;
 use toml::Spanned;
@@ -28,6 +29,8 @@ pub(super) struct Parsed {
     /// such as `broker`, so references to them are not reported again. An
     /// unknown table is recorded as `("table", name)`.
     pub broken: Vec<(&'static str, String)>,
+    /// Byte range of each entry's name, by `(kind, name)`.
+    pub names: BTreeMap<(&'static str, String), Range<usize>>,
 }
 
 /// Parses a manifest, returning what parsed and a problem for each table
@@ -37,6 +40,7 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
     let mut problems: Vec<Problem> = syntax_errors.iter().map(|e| problem(file, e)).collect();
     let mut manifest = ManifestFile::default();
     let mut broken = Vec::new();
+    let mut names = BTreeMap::new();
 
     for (key, value) in root.into_inner() {
         let span = key.span();
@@ -48,19 +52,56 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
                 }
             }
             "brokers" => {
-                manifest.brokers = entries(file, "broker", value, &mut problems, &mut broken)
+                manifest.brokers = entries(
+                    file,
+                    "broker",
+                    value,
+                    &mut problems,
+                    &mut broken,
+                    &mut names,
+                )
             }
             "exchanges" => {
-                manifest.exchanges = entries(file, "exchange", value, &mut problems, &mut broken)
+                manifest.exchanges = entries(
+                    file,
+                    "exchange",
+                    value,
+                    &mut problems,
+                    &mut broken,
+                    &mut names,
+                )
             }
-            "queues" => manifest.queues = entries(file, "queue", value, &mut problems, &mut broken),
-            "topics" => manifest.topics = entries(file, "topic", value, &mut problems, &mut broken),
-            "events" => manifest.events = entries(file, "event", value, &mut problems, &mut broken),
+            "queues" => {
+                manifest.queues =
+                    entries(file, "queue", value, &mut problems, &mut broken, &mut names)
+            }
+            "topics" => {
+                manifest.topics =
+                    entries(file, "topic", value, &mut problems, &mut broken, &mut names)
+            }
+            "events" => {
+                manifest.events =
+                    entries(file, "event", value, &mut problems, &mut broken, &mut names)
+            }
             "producers" => {
-                manifest.producers = entries(file, "producer", value, &mut problems, &mut broken)
+                manifest.producers = entries(
+                    file,
+                    "producer",
+                    value,
+                    &mut problems,
+                    &mut broken,
+                    &mut names,
+                )
             }
             "consumers" => {
-                manifest.consumers = entries(file, "consumer", value, &mut problems, &mut broken)
+                manifest.consumers = entries(
+                    file,
+                    "consumer",
+                    value,
+                    &mut problems,
+                    &mut broken,
+                    &mut names,
+                )
             }
             other => {
                 let known: Vec<String> = SECTIONS.iter().map(|s| (*s).to_owned()).collect();
@@ -86,6 +127,7 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
         manifest,
         problems,
         broken,
+        names,
     }
 }
 
@@ -112,6 +154,7 @@ fn entries<T: DeserializeOwned>(
     value: Spanned<DeValue<'_>>,
     problems: &mut Vec<Problem>,
     broken: &mut Vec<(&'static str, String)>,
+    names: &mut BTreeMap<(&'static str, String), Range<usize>>,
 ) -> BTreeMap<String, T> {
     let span = value.span();
     let DeValue::Table(table) = value.into_inner() else {
@@ -124,7 +167,9 @@ fn entries<T: DeserializeOwned>(
     };
     let mut parsed = BTreeMap::new();
     for (name, entry) in table {
+        let span = name.span();
         let name = name.into_inner().into_owned();
+        names.insert((kind, name.clone()), span);
         match one(file, entry, problems) {
             Some(def) => {
                 parsed.insert(name, def);

@@ -58,6 +58,14 @@ impl Problem {
         self
     }
 
+    /// Points the problem at an entry's name, or at its file when the name
+    /// has no position.
+    pub fn at_entry<T>(mut self, entry: &super::Entry<T>) -> Self {
+        self.file = Some(entry.file);
+        self.span = entry.name_span.clone();
+        self
+    }
+
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self

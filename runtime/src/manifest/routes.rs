@@ -210,7 +210,7 @@ fn unread_queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
                 "unread-queue",
                 format!("no consumer reads queue `{name}`"),
             )
-            .at(entry.file, def.broker.span())
+            .at_entry(entry)
             .hint(format!(
                 "add a consumer with `queue = \"{name}\"`, or set `external_consumers = true` on \
                  `[queues.{name}]` when another application reads it"

@@ -138,6 +138,9 @@ fn names_are_global_across_files() {
     let second = "[queues.work]\nbroker = \"rabbit\"\n";
     let loaded = load_texts(&[BASE, second], Purpose::Run);
     assert_eq!(codes(&loaded), ["duplicate-name"]);
+    // The position of `work` in the second file's `[queues.work]`.
+    assert_eq!(loaded.problems[0].file, Some(1));
+    assert_eq!(position(&loaded, 0), (1, 9));
 }
 
 #[test]
