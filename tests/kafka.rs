@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use switchyard_tests::shop::HANDLED;
 use switchyard_tests::{
     BrokerMode, KafkaRecord, LogLine, OutgoingRecord, Switchyard, Tansu, poll, rabbitmq, repo_root,
-    serial, shop_manifest, streaming_manifest,
+    run_plan, serial, shop_manifest, streaming_manifest,
 };
 
 /// Maximum wait for handlers and commits to catch up.
@@ -430,23 +430,16 @@ async fn python_client_interoperates() -> anyhow::Result<()> {
 }
 
 /// Runs `switchyard plan` on the reference system against `tansu` and the
-/// local RabbitMQ, and returns its exit code and stdout.
+/// local RabbitMQ, and returns its exit code and output.
 async fn plan(tansu: &Tansu) -> anyhow::Result<(i32, String)> {
-    let binary = tokio::task::spawn_blocking(switchyard_tests::switchyard_binary).await?;
-    let output = tokio::process::Command::new(binary)
-        .arg("plan")
-        .args([shop_manifest(), streaming_manifest()])
-        .env("KAFKA_BOOTSTRAP", tansu.bootstrap())
-        .env("RABBITMQ_URL", rabbitmq().url())
-        .output()
-        .await?;
-    let stdout = String::from_utf8(output.stdout)?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let code = output
-        .status
-        .code()
-        .with_context(|| format!("plan killed: {stderr}"))?;
-    Ok((code, format!("{stdout}{stderr}")))
+    let bootstrap = tansu.bootstrap();
+    let url = rabbitmq().url();
+    let env = [
+        ("KAFKA_BOOTSTRAP", bootstrap.as_str()),
+        ("RABBITMQ_URL", url.as_str()),
+    ];
+    let output = run_plan(&[shop_manifest(), streaming_manifest()], &env).await?;
+    Ok((output.code, format!("{}{}", output.stdout, output.stderr)))
 }
 
 #[tokio::test]

@@ -297,12 +297,14 @@ impl HandlerHost {
         }
         let digest = digest(bytes);
         let component = self.compile(bytes, &digest)?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|err| format!("component does not match the handler world: {err:#}"))?;
-        let pre = bindings::HandlerPre::new(instance_pre)
-            .map_err(|err| format!("component does not match the handler world: {err:#}"))?;
+        let mismatch = |err: wasmtime::Error| {
+            format!(
+                "component does not match the handler world: {err:#}; {}",
+                self.describe_component(&component)
+            )
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(mismatch)?;
+        let pre = bindings::HandlerPre::new(instance_pre).map_err(mismatch)?;
         Ok(LoadedHandler {
             name: name.to_owned(),
             digest,
@@ -334,6 +336,26 @@ impl HandlerHost {
             tracing::warn!(path = %path.display(), error = %err, "cannot write compiled component to the cache");
         }
         Ok(component)
+    }
+
+    /// Lists what a component imports and exports next to what the
+    /// handler world expects, for the error of a component of another world.
+    fn describe_component(&self, component: &Component) -> String {
+        let component_type = component.component_type();
+        let imports: Vec<&str> = component_type
+            .imports(&self.engine)
+            .map(|(name, _)| name)
+            .collect();
+        let exports: Vec<&str> = component_type
+            .exports(&self.engine)
+            .map(|(name, _)| name)
+            .collect();
+        format!(
+            "it imports {} and exports {}, but a handler exports `handle` and imports at most \
+             `switchyard:handler/host@0.1.0`, `switchyard:handler/types@0.1.0` and WASI 0.2",
+            name_list(&imports),
+            name_list(&exports),
+        )
     }
 
     fn engine_key(&self) -> String {
@@ -490,10 +512,35 @@ fn describe_non_component(bytes: &[u8]) -> String {
     } else if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
         "file is not WebAssembly (no `\\0asm` header)".to_owned()
     } else if bytes[6..8] == [0, 0] {
-        "file is a core WebAssembly module, not a component; turn it into one with `wasm-tools component new`".to_owned()
+        format!(
+            "file is a core WebAssembly module, not a component; it exports {}. Build it for the \
+             handler world and turn it into a component with `wasm-tools component new`",
+            name_list(&core_module_exports(bytes))
+        )
     } else {
         "file has an unknown WebAssembly layer".to_owned()
     }
+}
+
+/// Returns the export names of a core module, as far as it parses.
+fn core_module_exports(bytes: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(wasmparser::Payload::ExportSection(section)) = payload else {
+            continue;
+        };
+        names.extend(section.into_iter().flatten().map(|e| e.name.to_owned()));
+    }
+    names
+}
+
+/// Formats names as "`a`, `b`", or "nothing" for none.
+fn name_list<S: AsRef<str>>(names: &[S]) -> String {
+    if names.is_empty() {
+        return "nothing".to_owned();
+    }
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{}`", n.as_ref())).collect();
+    quoted.join(", ")
 }
 
 fn digest(bytes: &[u8]) -> String {

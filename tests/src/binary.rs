@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use anyhow::Context;
 use serde_json::Value;
 
 /// Environment variable that names a prebuilt `switchyard` executable and
@@ -66,4 +67,36 @@ fn build() -> Result<PathBuf, String> {
                  executable in its JSON messages; set {BINARY_VARIABLE} to the binary's path"
             )
         })
+}
+
+/// How a `switchyard plan` run ended.
+#[derive(Debug)]
+pub struct PlanOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `switchyard plan` on the manifests with extra environment
+/// variables, such as `RABBITMQ_URL`, and waits for it to exit.
+pub async fn run_plan(manifests: &[PathBuf], env: &[(&str, &str)]) -> anyhow::Result<PlanOutput> {
+    let binary = tokio::task::spawn_blocking(switchyard_binary).await?;
+    let output = tokio::process::Command::new(binary)
+        .arg("plan")
+        .args(manifests)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .with_context(|| format!("cannot run `{}`", binary.display()))?;
+    let stdout = String::from_utf8(output.stdout)?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let code = output
+        .status
+        .code()
+        .with_context(|| format!("switchyard plan was killed by a signal; stderr:\n{stderr}"))?;
+    Ok(PlanOutput {
+        code,
+        stdout,
+        stderr,
+    })
 }

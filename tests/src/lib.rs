@@ -20,7 +20,7 @@ pub mod shop;
 
 use std::path::{Path, PathBuf};
 
-pub use binary::switchyard_binary;
+pub use binary::{PlanOutput, run_plan, switchyard_binary};
 pub use kafka::{KafkaRecord, OutgoingRecord, Tansu};
 pub use logs::{ChaosCall, LogLine};
 pub use manifests::{ChaosConsumer, chaos_manifest, queues_only_manifest};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use toml::Spanned;
 
-use super::{BrokerKind, Entry, ExchangeType, Manifest, Problem, Purpose, closest};
+use super::{BrokerKind, Entry, Manifest, Problem, Purpose, closest};
 
 /// CloudEvents attributes that can serve as a Kafka partition key.
 pub const KEY_ATTRIBUTES: [&str; 5] = ["id", "source", "subject", "type", "time"];
@@ -19,7 +19,7 @@ pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut V
     events(manifest, problems);
     producers(manifest, problems);
     consumers(manifest, purpose, problems);
-    unrouted_events(manifest, problems);
+    super::routes::routes(manifest, problems);
     literal_passwords(manifest, problems);
 }
 
@@ -170,7 +170,7 @@ fn brokers(manifest: &Manifest, problems: &mut Vec<Problem>) {
                     "missing-key",
                     format!("broker `{name}` of kind `{kind}` has no `{key}`"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint(format!("add `{example}` to `[brokers.{name}]`")),
             );
         }
@@ -197,14 +197,15 @@ fn brokers(manifest: &Manifest, problems: &mut Vec<Problem>) {
 fn exchanges(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.exchanges {
         let def = &entry.def;
-        if require(
+        let broker_defined = require(
             &manifest.broken,
             problems,
             entry.file,
             &def.broker,
             "broker",
             &manifest.brokers,
-        ) {
+        );
+        if broker_defined {
             let user = format!("exchange `{name}`");
             broker_kind(
                 manifest,
@@ -224,6 +225,7 @@ fn exchanges(manifest: &Manifest, problems: &mut Vec<Problem>) {
                 "exchange",
                 &manifest.exchanges,
             )
+            && broker_defined
         {
             let user = format!("exchange `{name}`");
             same_broker(
@@ -242,14 +244,17 @@ fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.queues {
         let def = &entry.def;
         let user = format!("queue `{name}`");
-        if require(
+        // With its broker undefined, the queue is on no broker, so the
+        // same-broker checks below would only repeat that error.
+        let broker_defined = require(
             &manifest.broken,
             problems,
             entry.file,
             &def.broker,
             "broker",
             &manifest.brokers,
-        ) {
+        );
+        if broker_defined {
             broker_kind(
                 manifest,
                 problems,
@@ -267,7 +272,8 @@ fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
                 &binding.exchange,
                 "exchange",
                 &manifest.exchanges,
-            ) {
+            ) && broker_defined
+            {
                 same_broker(
                     manifest,
                     problems,
@@ -287,6 +293,7 @@ fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
                 "exchange",
                 &manifest.exchanges,
             )
+            && broker_defined
         {
             same_broker(
                 manifest,
@@ -331,7 +338,7 @@ fn topics(manifest: &Manifest, problems: &mut Vec<Problem>) {
                         "invalid-value",
                         format!("topic `{name}` has `{key} = {value}`"),
                     )
-                    .in_file(entry.file)
+                    .at_entry(entry)
                     .hint(format!("set `{key}` to 1 or more")),
                 );
             }
@@ -507,7 +514,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "missing-key",
                     format!("consumer `{name}` has neither `queue` nor `topic`"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint("add `queue = \"...\"` for RabbitMQ or `topic = \"...\"` for Kafka"),
             ),
         }
@@ -517,7 +524,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "unknown-key",
                     format!("consumer `{name}` has a `group` but reads no topic"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint("`group` names a Kafka consumer group; queue consumers share their queue instead"),
             );
         }
@@ -527,7 +534,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "invalid-value",
                     format!("consumer `{name}` has `retry.max_attempts = 0`"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint("set at least 1: the number of handler calls for one event"),
             );
         }
@@ -537,7 +544,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "invalid-value",
                     format!("consumer `{name}` has `concurrency = 0`"),
                 )
-                .in_file(entry.file)
+                .at_entry(entry)
                 .hint("set at least 1: the number of handler calls running at once"),
             );
         }
@@ -591,46 +598,6 @@ fn consumer_queue(
     }
 }
 
-/// Warns about events whose publish targets no binding routes to a queue.
-/// They are kept in the `unroutable` queue, but no consumer receives them.
-fn unrouted_events(manifest: &Manifest, problems: &mut Vec<Problem>) {
-    for (event_type, entry) in &manifest.events {
-        for target in entry.def.publish.as_slice() {
-            let exchange = target.exchange.get_ref();
-            let Some(kind) = manifest.exchanges.get(exchange).map(|e| e.def.kind) else {
-                continue;
-            };
-            let key = target.routing_key.as_deref().unwrap_or(event_type);
-            let routed = manifest.queues.values().any(|queue| {
-                queue.def.bind.iter().any(|binding| {
-                    binding.exchange.get_ref() == exchange
-                        && binding_matches(kind, binding.key.get_ref(), key)
-                })
-            });
-            if !routed {
-                problems.push(
-                    Problem::warning(
-                        "unrouted-event",
-                        format!(
-                            "event `{event_type}` is published to exchange `{exchange}` with routing key `{key}`, which no binding routes to a queue"
-                        ),
-                    )
-                    .at(entry.file, target.exchange.span())
-                    .hint("bind a queue to it; until then these events wait in the `unroutable` queue"),
-                );
-            }
-        }
-    }
-}
-
-fn binding_matches(kind: ExchangeType, binding_key: &str, routing_key: &str) -> bool {
-    match kind {
-        ExchangeType::Fanout | ExchangeType::Headers => true,
-        ExchangeType::Direct => binding_key == routing_key,
-        ExchangeType::Topic => crate::broker::embedded::topic_matches(binding_key, routing_key),
-    }
-}
-
 /// Warns about a password written into a broker URL, outside any
 /// `${VAR}` reference (defaults such as `${URL:-amqp://guest:guest@…}` are
 /// left alone: they are local development values).
@@ -668,6 +635,11 @@ fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
 
 /// Reports whether `user:password@` appears in the text outside `${...}`.
 fn has_literal_password(url: &str) -> bool {
+    literal_password(url).is_some()
+}
+
+/// Returns the password of `user:password@` in the text outside `${...}`.
+pub(super) fn literal_password(url: &str) -> Option<String> {
     let mut outside = String::new();
     let mut depth = 0;
     let mut chars = url.chars().peekable();
@@ -681,16 +653,11 @@ fn has_literal_password(url: &str) -> bool {
             outside.push(c);
         }
     }
-    let Some((_, rest)) = outside.split_once("://") else {
-        return false;
-    };
+    let (_, rest) = outside.split_once("://")?;
     let authority = rest.split('/').next().unwrap_or_default();
-    match authority.rsplit_once('@') {
-        Some((userinfo, _)) => userinfo
-            .split_once(':')
-            .is_some_and(|(_, password)| !password.is_empty()),
-        None => false,
-    }
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_owned())
 }
 
 #[cfg(test)]

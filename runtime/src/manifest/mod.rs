@@ -7,6 +7,7 @@ mod interpolate;
 mod model;
 mod parse;
 mod problem;
+mod routes;
 mod values;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,9 @@ pub enum Purpose {
 #[derive(Debug)]
 pub struct Entry<T> {
     pub file: usize,
+    /// Byte range of the entry's name in that file, such as `work` in
+    /// `[queues.work]`.
+    pub name_span: Option<std::ops::Range<usize>>,
     pub def: T,
 }
 
@@ -201,11 +205,11 @@ pub fn load(
         let parsed = parse::parse(index, &file.text);
         problems.extend(parsed.problems);
         manifest.broken.extend(parsed.broken);
-        let parsed = parsed.manifest;
         merge(
             &mut manifest,
             index,
-            parsed,
+            parsed.manifest,
+            &parsed.names,
             &mut runtime_origin,
             &mut problems,
         );
@@ -224,6 +228,7 @@ fn merge(
     manifest: &mut Manifest,
     index: usize,
     parsed: ManifestFile,
+    names: &NameSpans,
     runtime_origin: &mut BTreeMap<&'static str, usize>,
     problems: &mut Vec<Problem>,
 ) {
@@ -278,6 +283,7 @@ fn merge(
         parsed.brokers,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -286,6 +292,7 @@ fn merge(
         parsed.exchanges,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -294,6 +301,7 @@ fn merge(
         parsed.queues,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -302,6 +310,7 @@ fn merge(
         parsed.topics,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -310,6 +319,7 @@ fn merge(
         parsed.events,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -318,6 +328,7 @@ fn merge(
         parsed.producers,
         index,
         files,
+        names,
         problems,
     );
     insert_all(
@@ -326,19 +337,29 @@ fn merge(
         parsed.consumers,
         index,
         files,
+        names,
         problems,
     );
 }
 
+/// Byte ranges of the entry names of one file, by `(kind, name)`.
+type NameSpans = BTreeMap<(&'static str, String), std::ops::Range<usize>>;
+
 fn insert_all<T>(
     target: &mut BTreeMap<String, Entry<T>>,
-    kind: &str,
+    kind: &'static str,
     defs: BTreeMap<String, T>,
     index: usize,
     files: &[SourceFile],
+    names: &NameSpans,
     problems: &mut Vec<Problem>,
 ) {
     for (name, def) in defs {
+        let entry = Entry {
+            file: index,
+            name_span: names.get(&(kind, name.clone())).cloned(),
+            def,
+        };
         if let Some(existing) = target.get(&name) {
             problems.push(
                 Problem::error(
@@ -348,12 +369,12 @@ fn insert_all<T>(
                         files[existing.file].path.display()
                     ),
                 )
-                .in_file(index)
+                .at_entry(&entry)
                 .hint("names are global across all manifests given together; rename one"),
             );
             continue;
         }
-        target.insert(name, Entry { file: index, def });
+        target.insert(name, entry);
     }
 }
 

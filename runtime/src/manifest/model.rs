@@ -173,6 +173,10 @@ pub struct QueueDef {
     /// Time after which a message in this queue expires, such as `1h`.
     #[schemars(with = "Option<String>")]
     pub message_ttl: Option<HumanDuration>,
+    /// Whether applications outside these manifests read this queue, so
+    /// `check` does not warn that no consumer reads it. Default false.
+    #[serde(default)]
+    pub external_consumers: bool,
 }
 
 /// A binding of a queue to an exchange.

@@ -2,6 +2,7 @@
 //! reported in one run instead of only the first one serde meets.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use serde::de::DeserializeOwned;
 use toml::Spanned;
@@ -25,8 +26,11 @@ pub(super) struct Parsed {
     pub manifest: ManifestFile,
     pub problems: Vec<Problem>,
     /// Entries that exist but did not parse, as `(kind, name)` with kinds
-    /// such as `broker`, so references to them are not reported again.
+    /// such as `broker`, so references to them are not reported again. An
+    /// unknown table is recorded as `("table", name)`.
     pub broken: Vec<(&'static str, String)>,
+    /// Byte range of each entry's name, by `(kind, name)`.
+    pub names: BTreeMap<(&'static str, String), Range<usize>>,
 }
 
 /// Parses a manifest, returning what parsed and a problem for each table
@@ -36,6 +40,7 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
     let mut problems: Vec<Problem> = syntax_errors.iter().map(|e| problem(file, e)).collect();
     let mut manifest = ManifestFile::default();
     let mut broken = Vec::new();
+    let mut names = BTreeMap::new();
 
     for (key, value) in root.into_inner() {
         let span = key.span();
@@ -47,19 +52,56 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
                 }
             }
             "brokers" => {
-                manifest.brokers = entries(file, "broker", value, &mut problems, &mut broken)
+                manifest.brokers = entries(
+                    file,
+                    "broker",
+                    value,
+                    &mut problems,
+                    &mut broken,
+                    &mut names,
+                )
             }
             "exchanges" => {
-                manifest.exchanges = entries(file, "exchange", value, &mut problems, &mut broken)
+                manifest.exchanges = entries(
+                    file,
+                    "exchange",
+                    value,
+                    &mut problems,
+                    &mut broken,
+                    &mut names,
+                )
             }
-            "queues" => manifest.queues = entries(file, "queue", value, &mut problems, &mut broken),
-            "topics" => manifest.topics = entries(file, "topic", value, &mut problems, &mut broken),
-            "events" => manifest.events = entries(file, "event", value, &mut problems, &mut broken),
+            "queues" => {
+                manifest.queues =
+                    entries(file, "queue", value, &mut problems, &mut broken, &mut names)
+            }
+            "topics" => {
+                manifest.topics =
+                    entries(file, "topic", value, &mut problems, &mut broken, &mut names)
+            }
+            "events" => {
+                manifest.events =
+                    entries(file, "event", value, &mut problems, &mut broken, &mut names)
+            }
             "producers" => {
-                manifest.producers = entries(file, "producer", value, &mut problems, &mut broken)
+                manifest.producers = entries(
+                    file,
+                    "producer",
+                    value,
+                    &mut problems,
+                    &mut broken,
+                    &mut names,
+                )
             }
             "consumers" => {
-                manifest.consumers = entries(file, "consumer", value, &mut problems, &mut broken)
+                manifest.consumers = entries(
+                    file,
+                    "consumer",
+                    value,
+                    &mut problems,
+                    &mut broken,
+                    &mut names,
+                )
             }
             other => {
                 let known: Vec<String> = SECTIONS.iter().map(|s| (*s).to_owned()).collect();
@@ -72,8 +114,12 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
                         .at(file, span)
                         .hint(hint),
                 );
+                broken.push(("table", other.to_owned()));
             }
         }
+    }
+    for problem in &mut problems {
+        name_duplicate_key(problem, text);
     }
     // The parsed table is not in document order; report top to bottom.
     problems.sort_by_key(|problem| problem.span.as_ref().map(|span| span.start));
@@ -81,6 +127,7 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
         manifest,
         problems,
         broken,
+        names,
     }
 }
 
@@ -107,6 +154,7 @@ fn entries<T: DeserializeOwned>(
     value: Spanned<DeValue<'_>>,
     problems: &mut Vec<Problem>,
     broken: &mut Vec<(&'static str, String)>,
+    names: &mut BTreeMap<(&'static str, String), Range<usize>>,
 ) -> BTreeMap<String, T> {
     let span = value.span();
     let DeValue::Table(table) = value.into_inner() else {
@@ -119,7 +167,9 @@ fn entries<T: DeserializeOwned>(
     };
     let mut parsed = BTreeMap::new();
     for (name, entry) in table {
+        let span = name.span();
         let name = name.into_inner().into_owned();
+        names.insert((kind, name.clone()), span);
         match one(file, entry, problems) {
             Some(def) => {
                 parsed.insert(name, def);
@@ -134,30 +184,74 @@ fn entries<T: DeserializeOwned>(
 pub(super) fn problem(file: usize, err: &toml::de::Error) -> Problem {
     let message = err.message().trim().to_owned();
     let (code, hint) = if message.starts_with("unknown field") {
-        (
-            "unknown-key",
-            "remove the key or correct its spelling; `switchyard schema` prints every valid key",
-        )
+        let hint = match closest_field(&message) {
+            Some(field) => format!("did you mean `{field}`?"),
+            None => "remove the key or correct its spelling; `switchyard schema` prints every \
+                     valid key"
+                .to_owned(),
+        };
+        ("unknown-key", hint)
     } else if message.starts_with("duplicate key") {
-        ("duplicate-key", "keep one of the two definitions")
+        (
+            "duplicate-key",
+            "keep one of the two definitions".to_owned(),
+        )
     } else if message.starts_with("invalid type") || message.starts_with("unknown variant") {
         (
             "invalid-value",
-            "see `switchyard schema` for the expected type",
+            "see `switchyard schema` for the expected type".to_owned(),
         )
     } else if message.starts_with("missing field") {
         (
             "missing-key",
-            "add the key; `switchyard schema` describes it",
+            "add the key; `switchyard schema` describes it".to_owned(),
         )
     } else if message.starts_with("invalid duration") || message.starts_with("invalid size") {
-        ("invalid-value", "write a number and a unit")
+        ("invalid-value", "write a number and a unit".to_owned())
     } else {
-        ("invalid-toml", "fix the TOML syntax at this position")
+        (
+            "invalid-toml",
+            "fix the TOML syntax at this position".to_owned(),
+        )
     };
     let problem = Problem::error(code, message).hint(hint);
     match err.span() {
         Some(span) => problem.at(file, span),
         None => problem.in_file(file),
+    }
+}
+
+/// Returns the valid field closest to the unknown one in serde's message
+/// "unknown field `X`, expected one of `A`, `B`" (or "expected `A`").
+fn closest_field(message: &str) -> Option<String> {
+    let mut quoted = message.split('`').skip(1).step_by(2);
+    let unknown = quoted.next()?;
+    let expected: Vec<String> = quoted.map(str::to_owned).collect();
+    closest(unknown, &expected)
+}
+
+/// Adds the key's name to toml's bare "duplicate key" message.
+fn name_duplicate_key(problem: &mut Problem, text: &str) {
+    if problem.code != "duplicate-key" || problem.message != "duplicate key" {
+        return;
+    }
+    let Some(key) = problem.span.clone().and_then(|span| text.get(span)) else {
+        return;
+    };
+    problem.message = format!("duplicate key `{}`", key.trim());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closest_field;
+
+    #[test]
+    fn closest_field_from_serde_message() {
+        let message = "unknown field `id_feild`, expected one of `http`, `event`, `id_field`";
+        assert_eq!(closest_field(message).as_deref(), Some("id_field"));
+        let single = "unknown field `quue`, expected `queue`";
+        assert_eq!(closest_field(single).as_deref(), Some("queue"));
+        let far = "unknown field `zzz`, expected one of `http`, `event`";
+        assert_eq!(closest_field(far), None);
     }
 }

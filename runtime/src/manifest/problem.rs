@@ -58,6 +58,14 @@ impl Problem {
         self
     }
 
+    /// Points the problem at an entry's name, or at its file when the name
+    /// has no position.
+    pub fn at_entry<T>(mut self, entry: &super::Entry<T>) -> Self {
+        self.file = Some(entry.file);
+        self.span = entry.name_span.clone();
+        self
+    }
+
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
@@ -126,6 +134,8 @@ pub fn record(problem: &Problem, files: &[SourceFile]) -> ProblemRecord {
 pub fn render(problems: &[Problem], files: &[SourceFile]) -> String {
     let handler =
         GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
+    let redacted = redact_secrets(problems, files);
+    let files = redacted.as_slice();
     let mut out = String::new();
     for problem in problems {
         let file = problem.file.and_then(|index| files.get(index));
@@ -162,6 +172,39 @@ pub fn render(problems: &[Problem], files: &[SourceFile]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Returns copies of the files with every secret that a `literal-password`
+/// problem points at replaced by `*`, so that the source lines shown with
+/// any problem do not print it. Byte offsets stay the same.
+fn redact_secrets(problems: &[Problem], files: &[SourceFile]) -> Vec<SourceFile> {
+    let mut redacted = files.to_vec();
+    for problem in problems.iter().filter(|p| p.code == "literal-password") {
+        let (Some(index), Some(span)) = (problem.file, problem.span.clone()) else {
+            continue;
+        };
+        let Some(file) = redacted.get_mut(index) else {
+            continue;
+        };
+        let Some(value) = file.text.get(span.clone()) else {
+            continue;
+        };
+        // A URL keeps everything but its password. A secret option value,
+        // written as a quoted string, loses everything inside the quotes.
+        let secret = match super::check::literal_password(value) {
+            Some(password) => value
+                .find("://")
+                .and_then(|scheme_end| value[scheme_end..].find(&password).map(|i| i + scheme_end))
+                .map(|start| span.start + start..span.start + start + password.len()),
+            None if value.len() >= 2 => Some(span.start + 1..span.end - 1),
+            None => None,
+        };
+        if let Some(secret) = secret {
+            let stars = "*".repeat(secret.len());
+            file.text.replace_range(secret, &stars);
+        }
+    }
+    redacted
 }
 
 /// Returns a "did you mean" hint naming the closest of `candidates`.

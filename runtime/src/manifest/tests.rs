@@ -50,6 +50,7 @@ type = "fanout"
 broker = "rabbit"
 bind = [{ exchange = "events", key = "order.*" }]
 dead_letter = { exchange = "dlx" }
+external_consumers = true
 "#;
 
 #[test]
@@ -137,6 +138,9 @@ fn names_are_global_across_files() {
     let second = "[queues.work]\nbroker = \"rabbit\"\n";
     let loaded = load_texts(&[BASE, second], Purpose::Run);
     assert_eq!(codes(&loaded), ["duplicate-name"]);
+    // The position of `work` in the second file's `[queues.work]`.
+    assert_eq!(loaded.problems[0].file, Some(1));
+    assert_eq!(position(&loaded, 0), (1, 9));
 }
 
 #[test]
@@ -165,7 +169,7 @@ queue = "work"
 handler = "h.wasm"
 "#;
     let loaded = load_texts(&[text], Purpose::Run);
-    assert_eq!(codes(&loaded), ["missing-dead-letter"]);
+    assert_eq!(codes(&loaded), ["missing-dead-letter", "unfed-consumer"]);
 }
 
 #[test]
@@ -174,7 +178,7 @@ fn duplicate_routes_rejected() {
         "{BASE}\n[events.e]\nschema = \"e.json\"\n\n[producers.a]\nhttp = \"POST /x\"\nevent = \"e\"\n\n[producers.b]\nhttp = \"post /x\"\nevent = \"e\"\n"
     );
     let loaded = load_texts(&[&text], Purpose::Run);
-    assert_eq!(codes(&loaded), ["duplicate-route"]);
+    assert_eq!(codes(&loaded), ["duplicate-route", "unpublished-event"]);
 }
 
 #[test]
@@ -380,21 +384,202 @@ fn literal_sasl_password_warned() {
 
 #[test]
 fn grants_checked() {
-    let text = format!(
-        "{BASE}
-[consumers.worker]
-queue = \"work\"
-handler = \"worker.wasm\"
-grants = {{ env = [\"SWITCHYARD_TEST_UNSET\"], read_dirs = {{ \"/data\" = \"no-such-folder\" }} }}
-"
+    let grants = "grants = { env = [\"SWITCHYARD_TEST_UNSET\"], read_dirs = { \"/data\" = \"no-such-folder\" } }";
+    let text = ROUTED.replace(
+        "handler = \"h.wasm\"",
+        &format!("handler = \"h.wasm\"\n{grants}"),
     );
     let loaded = load_texts(&[&text], Purpose::Run);
     assert_eq!(
         codes(&loaded),
-        ["granted-variable-unset", "granted-folder-not-found"]
+        ["granted-variable-unset", "granted-folder-not-found"],
+        "{}",
+        loaded.render()
     );
     assert_eq!(loaded.problems[0].severity, Severity::Warning);
     assert_eq!(loaded.problems[1].severity, Severity::Error);
-    assert_eq!(position(&loaded, 0), (21, 19));
-    assert_eq!(position(&loaded, 1), (21, 69));
+    // Both point into the `grants` line: at the variable, then at the folder.
+    let line = text.lines().position(|l| l.starts_with("grants")).unwrap() + 1;
+    let column = |needle: &str| grants.find(needle).unwrap() + 1;
+    assert_eq!(position(&loaded, 0), (line, column("\"SWITCHYARD")));
+    assert_eq!(position(&loaded, 1), (line, column("\"no-such")));
+}
+
+/// A topic exchange `events` with a dead-letter exchange, the queue `work`
+/// bound to `order.*`, an event routed to it and a consumer that reads it.
+const ROUTED: &str = r#"
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://localhost"
+
+[exchanges.events]
+broker = "rabbit"
+type = "topic"
+
+[exchanges.dlx]
+broker = "rabbit"
+type = "fanout"
+
+[queues.dead-letters]
+broker = "rabbit"
+bind = [{ exchange = "dlx" }]
+
+[queues.work]
+broker = "rabbit"
+bind = [{ exchange = "events", key = "order.*" }]
+dead_letter = { exchange = "dlx" }
+
+[events."order.placed"]
+schema = "order.placed.json"
+publish = { exchange = "events" }
+
+[consumers.c]
+queue = "work"
+handler = "h.wasm"
+"#;
+
+#[test]
+fn routed_manifest_has_no_warnings() {
+    let loaded = load_texts(&[ROUTED], Purpose::Run);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+}
+
+#[test]
+fn unread_queue_warned() {
+    let text = format!(
+        "{ROUTED}\n[queues.audit]\nbroker = \"rabbit\"\nbind = [{{ exchange = \"events\", key = \"#\" }}]\n"
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["unread-queue"], "{}", loaded.render());
+    assert_eq!(
+        loaded.problems[0].message,
+        "no consumer reads queue `audit`"
+    );
+    assert!(!loaded.has_errors());
+
+    let external = text.replace(
+        "key = \"#\" }]\n",
+        "key = \"#\" }]\nexternal_consumers = true\n",
+    );
+    let loaded = load_texts(&[&external], Purpose::Run);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+}
+
+#[test]
+fn unfed_consumer_warned() {
+    let text = ROUTED.replace("key = \"order.*\"", "key = \"user.*\"");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(
+        codes(&loaded),
+        ["unrouted-event", "unfed-consumer"],
+        "{}",
+        loaded.render()
+    );
+    assert!(
+        loaded.problems[1]
+            .message
+            .contains("consumer `c` reads queue `work`, which receives no declared event"),
+        "{}",
+        loaded.render()
+    );
+}
+
+#[test]
+fn dead_letter_consumer_not_warned() {
+    let text =
+        format!("{ROUTED}\n[consumers.dead]\nqueue = \"dead-letters\"\nhandler = \"h.wasm\"\n");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    // Only the missing dead-letter exchange of the dead-letter queue itself.
+    assert_eq!(
+        codes(&loaded),
+        ["missing-dead-letter"],
+        "{}",
+        loaded.render()
+    );
+}
+
+#[test]
+fn unpublished_event_warned() {
+    let text = format!("{ROUTED}\n[events.\"order.shipped\"]\nschema = \"o.json\"\n");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["unpublished-event"], "{}", loaded.render());
+}
+
+#[test]
+fn wildcard_inside_word_rejected() {
+    let text = ROUTED.replace("key = \"order.*\"", "key = \"order.*ed\"");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(
+        codes(&loaded),
+        ["invalid-binding-key"],
+        "{}",
+        loaded.render()
+    );
+    let problem = &loaded.problems[0];
+    assert!(
+        problem.message.contains("`order.*ed`"),
+        "{}",
+        problem.message
+    );
+    assert!(problem.message.contains("`*ed`"), "{}", problem.message);
+    let hint = problem.hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("`order.*`"), "{hint}");
+    assert!(problem.is_error());
+}
+
+#[test]
+fn long_binding_key_rejected() {
+    let long = "a".repeat(256);
+    let text = ROUTED.replace("key = \"order.*\"", &format!("key = \"{long}\""));
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert!(
+        codes(&loaded).starts_with(&["invalid-binding-key"]),
+        "{}",
+        loaded.render()
+    );
+    assert!(loaded.problems[0].message.contains("256 bytes"));
+}
+
+#[test]
+fn wildcard_on_direct_exchange_warned() {
+    let text = ROUTED.replace("type = \"topic\"", "type = \"direct\"");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert!(
+        codes(&loaded).contains(&"wildcard-on-direct-exchange"),
+        "{}",
+        loaded.render()
+    );
+}
+
+#[test]
+fn route_warnings_wait_for_broken_entries() {
+    // The consumer does not parse, so whether it reads `work` is unknown.
+    let text = ROUTED.replace(
+        "handler = \"h.wasm\"",
+        "handler = \"h.wasm\"\nprefetch = \"all\"",
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["invalid-value"], "{}", loaded.render());
+}
+
+#[test]
+fn rendered_source_hides_passwords() {
+    let url = ROUTED.replace("amqp://localhost", "amqp://app:s3cret@localhost/%2f");
+    let loaded = load_texts(&[&url], Purpose::Run);
+    assert_eq!(codes(&loaded), ["literal-password"], "{}", loaded.render());
+    let rendered = loaded.render();
+    assert!(!rendered.contains("s3cret"), "{rendered}");
+    assert!(
+        rendered.contains("amqp://app:******@localhost/%2f"),
+        "{rendered}"
+    );
+
+    let option = KAFKA.replace(
+        "bootstrap = \"127.0.0.1:9092\"",
+        "bootstrap = \"127.0.0.1:9092\"\noptions = { \"sasl.password\" = \"hunter2\" }",
+    );
+    let loaded = load_texts(&[&option], Purpose::Run);
+    let rendered = loaded.render();
+    assert!(!rendered.contains("hunter2"), "{rendered}");
+    assert!(rendered.contains("\"*******\""), "{rendered}");
 }

@@ -11,6 +11,7 @@ use jsonschema::{Draft, Registry, Validator};
 use serde_json::Value;
 
 pub mod compat;
+mod refs;
 
 use crate::manifest::{Manifest, Problem};
 
@@ -155,7 +156,7 @@ fn local_registry(dir: &Path) -> Result<Registry<'static>, String> {
             dir.display()
         )
     })?;
-    let mut resources = Vec::new();
+    let mut resources: Vec<(String, Value)> = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_none_or(|ext| ext != "json") {
@@ -169,10 +170,27 @@ fn local_registry(dir: &Path) -> Result<Registry<'static>, String> {
         };
         resources.push((file_url(&path), value));
     }
-    Registry::new()
-        .extend(resources)
-        .and_then(|builder| builder.prepare())
-        .map_err(|err| format!("cannot index schemas in `{}`: {err}", dir.display()))
+    let prepare = |resources: Vec<(String, Value)>| {
+        Registry::new()
+            .extend(resources)
+            .and_then(|builder| builder.prepare())
+    };
+    match prepare(resources.clone()) {
+        Ok(registry) => Ok(registry),
+        // One file with a `$ref` that cannot resolve fails the whole
+        // registry. Leave such files out, so that only the events whose
+        // schemas use them fail, each with its own problem.
+        Err(err) => {
+            resources.retain(|(_, value)| refs::unresolved_ref(value, dir).is_none());
+            prepare(resources).map_err(|_| {
+                format!(
+                    "cannot index schemas in `{}`: {}",
+                    dir.display(),
+                    err.to_string().replace(&format!("{}/", file_url(dir)), "")
+                )
+            })
+        }
+    }
 }
 
 type CompileError = (&'static str, String, String);
@@ -202,22 +220,27 @@ fn compile_one(
             "fix the JSON syntax".to_owned(),
         )
     })?;
-    let draft = if schema.get("$schema").is_some() {
-        jsonschema::meta::validate(&schema).map_err(|err| {
-            (
-                "schema-invalid",
-                format!(
-                    "schema `{}` does not conform to its meta-schema at `{}`: {err}",
-                    path.display(),
-                    display_pointer(&err.instance_path().to_string())
-                ),
-                "fix the schema keyword named here".to_owned(),
-            )
-        })?;
-        None
+    // A schema without `$schema` is read as draft 2020-12, so it is
+    // checked against that draft's meta-schema.
+    let (meta_result, draft) = if schema.get("$schema").is_some() {
+        (jsonschema::meta::validate(&schema), None)
     } else {
-        Some(Draft::Draft202012)
+        (
+            jsonschema::draft202012::meta::validate(&schema),
+            Some(Draft::Draft202012),
+        )
     };
+    meta_result.map_err(|err| {
+        (
+            "schema-invalid",
+            format!(
+                "schema `{}` does not conform to its meta-schema at `{}`: {err}",
+                path.display(),
+                display_pointer(&err.instance_path().to_string())
+            ),
+            "fix the schema keyword named here".to_owned(),
+        )
+    })?;
     let mut options = jsonschema::options()
         .should_validate_formats(true)
         .with_base_uri(file_url(path))
@@ -227,10 +250,24 @@ fn compile_one(
         options = options.with_draft(draft);
     }
     let validator = options.build(&schema).map_err(|err| {
+        let folder = path.parent().unwrap_or_else(|| Path::new("."));
+        if let Some(reference) = refs::unresolved_ref(&schema, folder) {
+            return (
+                "schema-ref-unresolved",
+                format!(
+                    "schema `{}` refers to `{reference}`, which is not a `.json` file in `{}`",
+                    path.display(),
+                    folder.display()
+                ),
+                "add the file to that folder or correct the `$ref`. References resolve only to \
+                 files in the schemas folder and are never fetched"
+                    .to_owned(),
+            );
+        }
         (
             "schema-invalid",
             format!("cannot compile schema `{}`: {err}", path.display()),
-            "only `$ref`s to `.json` files in the schemas folder resolve; remote references are never fetched".to_owned(),
+            "fix the schema keyword that the message names".to_owned(),
         )
     })?;
     let compiled = EventSchema {
@@ -311,6 +348,46 @@ mod tests {
         let schema = r#"{"$ref": "https://example.com/schema.json"}"#;
         let (_, problems) = compile_with_schema(schema);
         assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].code, "schema-ref-unresolved");
+        assert!(
+            problems[0]
+                .message
+                .contains("refers to `https://example.com/schema.json`"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn schema_without_draft_checked_against_2020_12() {
+        let schema = r#"{"type": "object", "properties": {"a": {"type": "text"}}}"#;
+        let (_, problems) = compile_with_schema(schema);
+        assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].code, "schema-invalid");
+        assert!(
+            problems[0]
+                .message
+                .contains("meta-schema at `/properties/a/type`"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn unresolved_reference_fails_only_its_event() {
+        let dir = std::env::temp_dir().join(format!("switchyard-schema-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("schemas")).unwrap();
+        std::fs::write(dir.join("schemas/good.json"), r#"{"type": "object"}"#).unwrap();
+        std::fs::write(dir.join("schemas/bad.json"), r#"{"$ref": "missing.json"}"#).unwrap();
+        let manifest_path = dir.join("m.toml");
+        let text = "[runtime]\nschemas = \"schemas\"\n\n[events.good]\nschema = \"good.json\"\n\n[events.bad]\nschema = \"bad.json\"\n";
+        std::fs::write(&manifest_path, text).unwrap();
+        let loaded = manifest::load(&[manifest_path], Purpose::Check, &|_| None);
+        let (schemas, problems) = Schemas::compile(&loaded.manifest);
+        let _ = std::fs::remove_dir_all(&dir);
+        let codes: Vec<&str> = problems.iter().map(|p| p.code).collect();
+        assert_eq!(codes, ["schema-ref-unresolved"], "{problems:?}");
+        assert!(problems[0].message.contains("`missing.json`"));
+        assert!(schemas.get("good").is_some(), "good.json did not compile");
     }
 }
