@@ -52,6 +52,14 @@ async fn fresh_chaos_manifest(dir: &Path, consumers: &[ChaosConsumer]) -> anyhow
     Ok(manifest)
 }
 
+/// Deletes what earlier tests left of the shop topology in the test vhost
+/// and starts `switchyard up` on `manifests/shop.toml`.
+async fn start_fresh_shop(dir: &Path) -> anyhow::Result<Switchyard> {
+    let manifest = shop_manifest();
+    rabbitmq().reset(&[&manifest]).await?;
+    Switchyard::start(dir, &[manifest], BrokerMode::RabbitMq).await
+}
+
 /// Posts `count` orders through a process that declares the queues of
 /// `consumers` but runs no consumer, so that every order is queued when
 /// the test starts a consumer. Returns the accepted event ids.
@@ -453,10 +461,8 @@ async fn publish_cli_confirms_to_queues() -> anyhow::Result<()> {
     let _serial = serial().await;
     let rabbit = rabbitmq();
     let dir = tempfile::tempdir()?;
-    let manifest = shop_manifest();
-    rabbit.reset(&[&manifest]).await?;
     // `publish` declares nothing, so a run of `up` declares the topology.
-    let process = Switchyard::start(dir.path(), &[manifest], BrokerMode::RabbitMq).await?;
+    let process = start_fresh_shop(dir.path()).await?;
     process.stop_cleanly().await?;
 
     let run = publish_cli(&rabbit.url()).await?;
@@ -482,11 +488,21 @@ async fn run_shop_load(plan: LoadPlan, drain_timeout: Duration) -> anyhow::Resul
     let _serial = serial().await;
     let rabbit = rabbitmq();
     let dir = tempfile::tempdir()?;
-    let manifest = shop_manifest();
-    rabbit.reset(&[&manifest]).await?;
-    let process = Switchyard::start(dir.path(), &[manifest], BrokerMode::RabbitMq).await?;
+    let process = start_fresh_shop(dir.path()).await?;
 
     let report = load::post_at_rate(&process, &plan).await?;
+    describe_load(&plan, &report);
+    if let Some(reason) = &report.stopped_early {
+        // Leave no backlog on the shared node.
+        for queue in load::CONSUMER_QUEUES
+            .into_iter()
+            .chain([load::NOTIFICATIONS])
+        {
+            rabbit.purge(queue).await?;
+        }
+        process.stop().await?;
+        anyhow::bail!("load run stopped early: {reason}");
+    }
     let metrics = load::wait_until_handled(&process, &report, drain_timeout).await?;
     let notifications_left = rabbit.depth(load::NOTIFICATIONS).await?;
     let stopped = process.stop_cleanly().await?;
@@ -495,7 +511,6 @@ async fn run_shop_load(plan: LoadPlan, drain_timeout: Duration) -> anyhow::Resul
         .into_iter()
         .filter(|line| line.level == "ERROR")
         .collect();
-    describe_load(&plan, &report);
 
     assert_eq!(
         report.first_error, None,
@@ -567,6 +582,7 @@ async fn sustained_load_short_run() -> anyhow::Result<()> {
         rate: 50,
         duration: Duration::from_secs(24),
         max_in_flight: 32,
+        max_backlog: 5_000,
     };
     run_shop_load(plan, TIMEOUT * 2).await
 }
@@ -581,6 +597,8 @@ async fn sustained_load_long_run() -> anyhow::Result<()> {
         rate: 2_000,
         duration: Duration::from_secs(300),
         max_in_flight: 256,
+        // About 50 s of load, an estimated 60 MB of messages on the broker.
+        max_backlog: 100_000,
     };
     run_shop_load(plan, Duration::from_secs(600)).await
 }

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -45,6 +46,10 @@ pub struct LoadPlan {
     /// waits, and the run falls behind its rate instead of piling up
     /// requests; the report shows the rate reached.
     pub max_in_flight: usize,
+    /// Ready messages in the three consumer queues combined at which the
+    /// run stops sending, because the consumers fell behind. This keeps a
+    /// run from filling the RabbitMQ node that other tests share.
+    pub max_backlog: u32,
 }
 
 /// What one load run sent and saw.
@@ -68,6 +73,8 @@ pub struct LoadReport {
     pub max_backlog: u32,
     /// Messages purged from `notifications` during the run.
     pub notifications_purged: u64,
+    /// Why sending stopped before `duration` ended, if it did.
+    pub stopped_early: Option<String>,
 }
 
 impl LoadReport {
@@ -122,13 +129,14 @@ pub async fn post_at_rate(process: &Switchyard, plan: &LoadPlan) -> anyhow::Resu
         .pool_max_idle_per_host(plan.max_in_flight)
         .build()?;
     let (stop_sampling, stopped) = tokio::sync::watch::channel(false);
+    let backlog = AtomicU32::new(0);
 
     let send = async {
-        let report = send(process, &client, plan).await;
+        let report = send(process, &client, plan, &backlog).await;
         let _ = stop_sampling.send(true);
         report
     };
-    let (report, samples) = tokio::join!(send, sample(process, stopped));
+    let (report, samples) = tokio::join!(send, sample(process, stopped, &backlog));
     let mut report = report?;
     let samples = samples?;
     report.memory = samples.memory;
@@ -141,6 +149,7 @@ async fn send(
     process: &Switchyard,
     client: &reqwest::Client,
     plan: &LoadPlan,
+    backlog: &AtomicU32,
 ) -> anyhow::Result<LoadReport> {
     let orders_url = process.url("/orders");
     let users_url = process.url("/users");
@@ -153,39 +162,53 @@ async fn send(
     let started = Instant::now();
     let mut ticker = tokio::time::interval(TICK);
     while started.elapsed() < plan.duration {
-        ticker.tick().await;
-        let due = (f64::from(plan.rate) * started.elapsed().as_secs_f64()) as u64;
-        while report.sent < due {
-            let permit = permits.clone().acquire_owned().await?;
-            let is_order = report.sent % 2 == 0;
-            let (url, body) = if is_order {
-                (orders_url.clone(), order.clone())
-            } else {
-                (users_url.clone(), user.clone())
-            };
-            let request = client
-                .post(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-            running.spawn(async move {
-                let outcome = match request.send().await {
-                    Ok(response) if response.status() == StatusCode::ACCEPTED => {
-                        Outcome::Accepted { order: is_order }
-                    }
-                    Ok(response) => Outcome::Rejected {
-                        status: response.status(),
-                        body: response.text().await.unwrap_or_default(),
-                    },
-                    Err(err) => Outcome::Failed(err.to_string()),
-                };
-                drop(permit);
-                outcome
-            });
-            report.sent += 1;
+        let queued = backlog.load(Ordering::Relaxed);
+        if queued > plan.max_backlog {
+            report.stopped_early = Some(format!(
+                "the consumers fell behind: {queued} messages were queued after {:.0?} at \
+                 {} requests/s, more than the limit of {}. Lower the rate or run a release \
+                 build (SWITCHYARD_BIN)",
+                started.elapsed(),
+                plan.rate,
+                plan.max_backlog
+            ));
+            break;
         }
         while let Some(outcome) = running.try_join_next() {
             tally(&mut report, outcome?);
         }
+        let due = (f64::from(plan.rate) * started.elapsed().as_secs_f64()) as u64;
+        if report.sent >= due {
+            ticker.tick().await;
+            continue;
+        }
+
+        let permit = permits.clone().acquire_owned().await?;
+        let is_order = report.sent % 2 == 0;
+        let (url, body) = if is_order {
+            (orders_url.clone(), order.clone())
+        } else {
+            (users_url.clone(), user.clone())
+        };
+        let request = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        running.spawn(async move {
+            let outcome = match request.send().await {
+                Ok(response) if response.status() == StatusCode::ACCEPTED => {
+                    Outcome::Accepted { order: is_order }
+                }
+                Ok(response) => Outcome::Rejected {
+                    status: response.status(),
+                    body: response.text().await.unwrap_or_default(),
+                },
+                Err(err) => Outcome::Failed(err.to_string()),
+            };
+            drop(permit);
+            outcome
+        });
+        report.sent += 1;
     }
     while let Some(outcome) = running.join_next().await {
         tally(&mut report, outcome?);
@@ -221,10 +244,11 @@ struct Samples {
 }
 
 /// Samples memory and queue depths and purges `notifications` until `stop`
-/// turns true.
+/// turns true. Stores each backlog sample in `backlog` for the sender.
 async fn sample(
     process: &Switchyard,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    backlog: &AtomicU32,
 ) -> anyhow::Result<Samples> {
     let rabbit = crate::rabbitmq();
     let mut samples = Samples::default();
@@ -236,11 +260,12 @@ async fn sample(
             _ = stop.changed() => return Ok(samples),
         }
         samples.memory.push(process.resident_memory()?);
-        let mut backlog = 0;
+        let mut queued = 0;
         for queue in CONSUMER_QUEUES {
-            backlog += rabbit.depth(queue).await?;
+            queued += rabbit.depth(queue).await?;
         }
-        samples.max_backlog = samples.max_backlog.max(backlog);
+        backlog.store(queued, Ordering::Relaxed);
+        samples.max_backlog = samples.max_backlog.max(queued);
         if last_purge.elapsed() >= PURGE_INTERVAL {
             samples.notifications_purged += u64::from(rabbit.purge(NOTIFICATIONS).await?);
             last_purge = Instant::now();
