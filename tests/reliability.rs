@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use switchyard_tests::load::{self, LoadPlan, LoadReport};
-use switchyard_tests::shop::{DEAD_LETTERED, HANDLED};
+use switchyard_tests::shop::{self, DEAD_LETTERED, HANDLED, PUBLISHED};
 use switchyard_tests::{
     BrokerMode, ChaosCall, ChaosConsumer, LogLine, Switchyard, chaos_manifest, component, poll,
     queues_only_manifest, rabbitmq, serial, shop_manifest, switchyard_binary,
@@ -476,6 +476,159 @@ async fn publish_cli_confirms_to_queues() -> anyhow::Result<()> {
         let event = messages[0].json()?;
         assert_eq!(event["id"], id, "event in `{queue}`");
     }
+    Ok(())
+}
+
+/// Rejected producer requests, by producer and status.
+const HTTP_REJECTED: &str = "switchyard_http_requests_rejected_total";
+
+/// Returns a JSON document of `levels` nested arrays.
+fn nested_arrays(levels: usize) -> Vec<u8> {
+    let mut text = "[".repeat(levels);
+    text.push_str(&"]".repeat(levels));
+    text.into_bytes()
+}
+
+#[tokio::test]
+async fn bad_input_keeps_process_serving() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let rabbit = rabbitmq();
+    let dir = tempfile::tempdir()?;
+    let process = start_fresh_shop(dir.path()).await?;
+
+    // Producer requests: content type, body, expected status.
+    let mut large = br#"{"customerId": ""#.to_vec();
+    large.extend(std::iter::repeat_n(b'x', 2 * 1024 * 1024));
+    large.extend(br#""}"#);
+    let requests: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        (
+            "malformed JSON",
+            "application/json",
+            b"{\"customerId\": ".to_vec(),
+            400,
+        ),
+        (
+            "invalid UTF-8",
+            "application/json",
+            b"{\"customerId\": \"\xff\xfe\"}".to_vec(),
+            400,
+        ),
+        ("empty body", "application/json", Vec::new(), 400),
+        (
+            "200 nested arrays",
+            "application/json",
+            nested_arrays(200),
+            422,
+        ),
+        (
+            "schema violation",
+            "application/json",
+            b"{\"customerId\": 7}".to_vec(),
+            422,
+        ),
+        ("text/plain", "text/plain", b"customer c-42".to_vec(), 415),
+        ("no content type", "", b"{}".to_vec(), 415),
+        ("2 MiB body", "application/json", large, 413),
+    ];
+    let mut expected_rejections: BTreeMap<u16, u64> = BTreeMap::new();
+    for (case, content_type, body, status) in &requests {
+        let response = process.post("/orders", content_type, body.clone()).await?;
+        assert_eq!(response.status().as_u16(), *status, "status for {case}");
+        *expected_rejections.entry(*status).or_default() += 1;
+        let health = process.get("/healthz").await?;
+        assert!(health.status().is_success(), "/healthz after {case}");
+    }
+
+    // Messages a misbehaving service could send straight to a queue.
+    let structured =
+        lapin::BasicProperties::default().with_content_type("application/cloudevents+json".into());
+    let without_type = json!({
+        "specversion": "1.0",
+        "id": "no-type-1",
+        "source": "/tests/bad-input",
+        "data": { "orderId": "o-1" },
+    });
+    let messages: Vec<(&str, Vec<u8>, lapin::BasicProperties)> = vec![
+        (
+            "invalid UTF-8 in a structured event",
+            b"{\"specversion\": \"1.0\", \"id\": \"\xff\"}".to_vec(),
+            structured.clone(),
+        ),
+        (
+            "structured event without `type`",
+            without_type.to_string().into_bytes(),
+            structured,
+        ),
+        (
+            "empty body without properties",
+            Vec::new(),
+            lapin::BasicProperties::default(),
+        ),
+        (
+            "200 nested arrays without properties",
+            nested_arrays(200),
+            lapin::BasicProperties::default(),
+        ),
+    ];
+    for (_, body, properties) in &messages {
+        rabbit
+            .publish("", "email-service", body, properties.clone())
+            .await?;
+    }
+    let labels = [("consumer", "email-service")];
+    process
+        .wait_for_count(DEAD_LETTERED, &labels, messages.len() as u64, TIMEOUT)
+        .await?;
+
+    // A valid order after all of it is still handled.
+    process.publish("/orders", &shop::order_body()).await?;
+    let ok = [("consumer", "inventory-service"), ("outcome", "ok")];
+    process.wait_for_count(HANDLED, &ok, 1, TIMEOUT).await?;
+    let metrics = process.metrics().await?;
+    let stopped = process.stop_cleanly().await?;
+
+    for (status, count) in &expected_rejections {
+        let labels = [
+            ("producer", "order-service"),
+            ("status", &status.to_string()[..]),
+        ];
+        assert_eq!(
+            metrics.count(HTTP_REJECTED, &labels),
+            *count,
+            "rejections with status {status}:\n{}",
+            metrics.describe(HTTP_REJECTED)
+        );
+    }
+    assert_eq!(
+        metrics.count(PUBLISHED, &[("event_type", "order.placed")]),
+        1,
+        "confirmed publishes of order.placed"
+    );
+    let letters = rabbit.drain("dead-letters").await?;
+    assert_eq!(letters.len(), messages.len(), "dead letters: {letters:#?}");
+    for (case, body, _) in &messages {
+        let letter = letters.iter().find(|letter| &letter.body == body);
+        let Some(letter) = letter else {
+            panic!("no dead letter for {case}; got {letters:#?}");
+        };
+        let reason = letter
+            .header_text("x-switchyard-reason")
+            .unwrap_or_default();
+        eprintln!("dead letter for {case}: {reason}");
+        assert!(!reason.is_empty(), "no reason for {case}: {letter:#?}");
+    }
+    let panics: Vec<&str> = stopped
+        .stderr
+        .lines()
+        .filter(|line| line.contains("panicked"))
+        .collect();
+    assert!(panics.is_empty(), "panics: {panics:?}");
+    eprintln!(
+        "bad input: {} requests rejected {expected_rejections:?}, {} messages dead-lettered, \
+         then 1 order accepted and handled",
+        requests.len(),
+        messages.len()
+    );
     Ok(())
 }
 
