@@ -293,7 +293,13 @@ pub async fn publish_once(
         if !brokers.contains_key(&route.broker) {
             let broker = connect_once(&manifest, &route.broker)
                 .await
-                .context("event not published")?;
+                .with_context(|| {
+                    format!(
+                        "event not published (start broker `{}` or correct its `url` in \
+                         the manifest)",
+                        route.broker
+                    )
+                })?;
             brokers.insert(route.broker.clone(), broker);
         }
     }

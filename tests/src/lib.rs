@@ -10,6 +10,7 @@
 mod binary;
 pub mod deployment;
 mod kafka;
+pub mod load;
 mod logs;
 mod manifests;
 mod metrics;

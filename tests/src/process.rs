@@ -319,6 +319,27 @@ impl Switchyard {
         .await
     }
 
+    /// Returns the process id, or `None` after the process was reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Returns the resident set size of the process in bytes, read from
+    /// `VmRSS` in `/proc/<pid>/status` (Linux only).
+    pub fn resident_memory(&self) -> anyhow::Result<u64> {
+        let pid = self.pid().context("switchyard already exited")?;
+        let path = format!("/proc/{pid}/status");
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read `{path}`"))?;
+        let kibibytes = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .with_context(|| format!("`{path}` has no `VmRSS: <n> kB` line"))?;
+        Ok(kibibytes * 1024)
+    }
+
     /// Returns everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

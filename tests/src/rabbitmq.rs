@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -293,6 +293,32 @@ impl RabbitMq {
         }
         let _ = connection.close(200, "drained".into()).await;
         Ok(messages)
+    }
+
+    /// Deletes a queue as an operator would, with its bindings and messages.
+    /// RabbitMQ cancels the queue's consumers.
+    pub async fn delete_queue(&self, queue: &str) -> anyhow::Result<()> {
+        let connection = self.connect().await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .with_context(|| format!("cannot delete queue `{queue}` in the test vhost"))?;
+        let _ = connection.close(200, "queue deleted".into()).await;
+        Ok(())
+    }
+
+    /// Removes every ready message of a queue and returns how many there
+    /// were.
+    pub async fn purge(&self, queue: &str) -> anyhow::Result<u32> {
+        let connection = self.connect().await?;
+        let channel = connection.create_channel().await?;
+        let purged = channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await
+            .with_context(|| format!("cannot purge queue `{queue}` in the test vhost"))?;
+        let _ = connection.close(200, "queue purged".into()).await;
+        Ok(purged)
     }
 
     /// Returns the number of ready messages in a queue; an error when the

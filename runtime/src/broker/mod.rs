@@ -186,7 +186,8 @@ pub trait Broker: Send + Sync {
     async fn publish(&self, exchange: &str, message: Message) -> Result<(), BrokerError>;
 
     /// Starts a consumer on `queue` with at most `prefetch` unacknowledged
-    /// deliveries.
+    /// deliveries. A queue that this broker declared and that was deleted
+    /// since is declared again, with its bindings, on AMQP.
     async fn consume(
         &self,
         queue: &str,

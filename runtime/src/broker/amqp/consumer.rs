@@ -13,19 +13,56 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::acks::AckBatch;
-use super::errors;
 use super::properties::{self, short_string};
 use super::session::Shared;
+use super::{declare, errors};
 use crate::broker::{Acker, BrokerError, Deliveries, Delivery};
 
 /// Starts a consumer on a channel of its own. `prefetch` 0 means no limit, as
 /// in AMQP's `basic.qos`.
+///
+/// A queue that this broker declared and that was deleted since, by an
+/// operator or another application, is declared again with its bindings,
+/// with a warning, before the consumer starts. RabbitMQ cancels the
+/// consumers of a deleted queue, and their callers then subscribe again
+/// through this function.
 pub(super) async fn consume(
     shared: &Shared,
     queue: &str,
     consumer_tag: &str,
     prefetch: u16,
 ) -> Result<Deliveries, BrokerError> {
+    let mut started = start(shared, queue, consumer_tag, prefetch).await;
+    if let Err(BrokerError::NotFound { kind: "queue", .. }) = &started {
+        let session = shared.session()?;
+        if let Some(bindings) = declare::redeclare_queue(shared, &session, queue).await? {
+            warn!(broker = %shared.name, queue, bindings,
+                "queue was deleted on the broker; declared it again with its bindings");
+            started = start(shared, queue, consumer_tag, prefetch).await;
+        }
+    }
+    let (channel, consumer) = started?;
+
+    info!(broker = %shared.name, queue, consumer_tag = %consumer.tag(), prefetch, "started consumer");
+    let state = ConsumerState {
+        consumer,
+        _channel: channel,
+        broker: shared.name.clone(),
+        queue: queue.to_owned(),
+        installs: shared.subscribe_installs(),
+        ended: false,
+        acks: AckBatch::new(prefetch),
+    };
+    Ok(Box::pin(futures::stream::unfold(state, next_delivery)))
+}
+
+/// Opens a channel, sets its prefetch and subscribes to `queue`.
+async fn start(
+    shared: &Shared,
+    queue: &str,
+    consumer_tag: &str,
+    prefetch: u16,
+) -> Result<(Channel, Consumer), BrokerError> {
     let queue_name = short_string("queue name", queue)?;
     let tag = short_string("consumer tag", consumer_tag)?;
     let start = async {
@@ -41,19 +78,7 @@ pub(super) async fn consume(
             .map_err(|error| consume_error(&error, queue))?;
         Ok((channel, consumer))
     };
-    let (channel, consumer) = shared.within_operation_timeout(start).await?;
-
-    info!(broker = %shared.name, queue, consumer_tag = %consumer.tag(), prefetch, "started consumer");
-    let state = ConsumerState {
-        consumer,
-        _channel: channel,
-        broker: shared.name.clone(),
-        queue: queue.to_owned(),
-        installs: shared.subscribe_installs(),
-        ended: false,
-        acks: AckBatch::new(prefetch),
-    };
-    Ok(Box::pin(futures::stream::unfold(state, next_delivery)))
+    shared.within_operation_timeout(start).await
 }
 
 fn consume_error(error: &lapin::Error, queue: &str) -> BrokerError {

@@ -2,6 +2,7 @@
 //! RabbitMQ closes a channel on a failed declare (406 PRECONDITION_FAILED,
 //! 404 NOT_FOUND), which must not take other work down with it.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -193,6 +194,45 @@ pub(super) async fn redeclare(shared: &Shared, session: &Session) {
         failures,
         "declared topology on new connection"
     );
+}
+
+/// Declares `queue` again from the spec recorded when it was first declared,
+/// with its recorded bindings and the exchanges they name, and returns the
+/// number of bindings. Used when the queue was deleted on the broker while
+/// switchyard ran. Returns `None` when this broker never declared the queue.
+pub(super) async fn redeclare_queue(
+    shared: &Shared,
+    session: &Session,
+    queue: &str,
+) -> Result<Option<usize>, BrokerError> {
+    let (spec, exchanges, bindings) = {
+        let declared = shared.declared();
+        let Some(spec) = declared.queues.get(queue).cloned() else {
+            return Ok(None);
+        };
+        let bindings: Vec<BindingSpec> = declared
+            .bindings
+            .iter()
+            .filter(|binding| binding.queue == queue)
+            .cloned()
+            .collect();
+        let exchanges: BTreeMap<String, ExchangeSpec> = bindings
+            .iter()
+            .filter_map(|binding| declared.exchanges.get_key_value(&binding.exchange))
+            .map(|(name, spec)| (name.clone(), spec.clone()))
+            .collect();
+        (spec, exchanges, bindings)
+    };
+    // Deleting a queue leaves its exchanges in place, so these declares
+    // normally change nothing. They matter when the exchange went too.
+    for exchange in exchanges.values() {
+        declare_exchange(shared, session, exchange).await?;
+    }
+    declare_queue(shared, session, &spec).await?;
+    for binding in &bindings {
+        bind_queue(shared, session, binding).await?;
+    }
+    Ok(Some(bindings.len()))
 }
 
 /// Runs `operation` on a channel of its own within the operation timeout.

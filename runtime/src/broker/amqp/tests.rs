@@ -799,6 +799,44 @@ async fn consumer_stream_ends_on_queue_delete() {
 }
 
 #[tokio::test]
+async fn consume_redeclares_deleted_queue() {
+    let vhost = VhostLease::acquire();
+    let broker = connect(&vhost.url()).await;
+    let events = unique("events");
+    let work = unique("work");
+    broker
+        .declare_exchange(&exchange(&events, ExchangeKind::Topic))
+        .await
+        .expect("declare exchange");
+    broker
+        .declare_queue(&queue(&work))
+        .await
+        .expect("declare queue");
+    broker
+        .bind_queue(&binding(&events, &work, "order.*"))
+        .await
+        .expect("bind queue");
+    let mut deliveries = broker.consume(&work, "first", 10).await.expect("consume");
+    delete_queue(&vhost.url(), &work).await;
+    let end = tokio::time::timeout(RECEIVE_TIMEOUT, deliveries.next())
+        .await
+        .expect("the stream to end within the receive timeout");
+    assert!(end.is_none(), "expected the end of the stream, got {end:?}");
+
+    let mut deliveries = broker
+        .consume(&work, "second", 10)
+        .await
+        .expect("consume after the queue was deleted");
+    broker
+        .publish(&events, text_message("order.placed", "after delete"))
+        .await
+        .expect("publish through the re-declared binding");
+    let delivery = next_delivery(&mut deliveries).await;
+    assert_eq!(delivery.message.body.as_ref(), b"after delete");
+    delivery.ack().await.expect("ack");
+}
+
+#[tokio::test]
 async fn wrong_password_is_redacted() {
     let vhost = VhostLease::acquire();
     let url = format!("amqp://guest:wrong-secret@127.0.0.1:5672/{}", vhost.name);
