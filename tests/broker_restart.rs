@@ -1,0 +1,242 @@
+//! RabbitMQ itself stopped and started under a running switchyard, with
+//! producers posting throughout: nothing accepted with 202 is lost.
+//!
+//! These tests stop the shared local node, with `rabbitmqctl stop_app` or a
+//! whole `rabbitmqctl stop`, so every other user of that node sees the
+//! outage too. `cargo test` runs test binaries one after another, and the
+//! tests here take turns, so they disturb no other test of this repository.
+//! A guard starts the node again when a test fails half-way.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use switchyard_tests::shop::{HANDLED, order_body};
+use switchyard_tests::{
+    BrokerMode, Switchyard, component, poll, rabbitmq, rabbitmqctl, serial, shop_manifest,
+};
+
+/// Time for the runtime to notice the stopped node, and to reconnect and
+/// resume its consumers once it is back.
+const OUTAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Maximum wait for the backlog to be handled after the node is back.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Gap between two producer requests.
+const POST_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs `rabbitmqctl` with `arguments`.
+fn node_command(arguments: &[&str]) -> anyhow::Result<()> {
+    rabbitmqctl(arguments).map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// How a test stops the local RabbitMQ node.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// `rabbitmqctl stop_app`: the Erlang VM stays up.
+    StopApp,
+    /// `rabbitmqctl stop`, then `rabbitmq-server -detached`: the whole node.
+    WholeNode,
+}
+
+/// Maximum wait for a node started with `rabbitmq-server -detached`.
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The stopped local node. Dropping it starts the node again, so a failed
+/// test leaves it running.
+struct StoppedNode {
+    outage: Outage,
+    started: bool,
+}
+
+impl StoppedNode {
+    fn stop(outage: Outage) -> anyhow::Result<StoppedNode> {
+        match outage {
+            Outage::StopApp => node_command(&["stop_app"])?,
+            Outage::WholeNode => node_command(&["stop"])?,
+        }
+        Ok(StoppedNode {
+            outage,
+            started: false,
+        })
+    }
+
+    fn start(mut self) -> anyhow::Result<()> {
+        self.started = true;
+        start_node(self.outage)
+    }
+}
+
+impl Drop for StoppedNode {
+    fn drop(&mut self) {
+        if !self.started {
+            let _ = start_node(self.outage);
+        }
+    }
+}
+
+/// Starts what `StoppedNode::stop` stopped and waits until the node serves.
+fn start_node(outage: Outage) -> anyhow::Result<()> {
+    match outage {
+        Outage::StopApp => node_command(&["start_app"])?,
+        Outage::WholeNode => {
+            let status = std::process::Command::new("rabbitmq-server")
+                .arg("-detached")
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "rabbitmq-server -detached failed: {status}"
+            );
+        }
+    }
+    // `await_startup` fails at once while the node's VM is not up yet.
+    let started = Instant::now();
+    loop {
+        match node_command(&["await_startup"]) {
+            Ok(()) => return Ok(()),
+            Err(err) if started.elapsed() > NODE_START_TIMEOUT => {
+                return Err(err.context(format!(
+                    "RabbitMQ did not start within {NODE_START_TIMEOUT:?}"
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Responses received by a producer that posts orders without pause.
+#[derive(Debug, Default)]
+struct Posted {
+    accepted: BTreeSet<String>,
+    unavailable: usize,
+    other: Vec<String>,
+}
+
+/// Posts an order every `POST_INTERVAL` until `stop` is set.
+fn post_orders(url: String, stop: Arc<Mutex<bool>>) -> tokio::task::JoinHandle<Posted> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client builds");
+        let mut posted = Posted::default();
+        while !*stop.lock().expect("stop flag lock") {
+            let response = client.post(&url).json(&order_body()).send().await;
+            match response {
+                Ok(response) if response.status() == StatusCode::ACCEPTED => {
+                    let body: Value = response.json().await.unwrap_or_default();
+                    let id = body["id"].as_str().unwrap_or_default().to_owned();
+                    posted.accepted.insert(id);
+                }
+                Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    posted.unavailable += 1;
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    posted.other.push(format!("{status}: {text}"));
+                }
+                Err(err) => posted.other.push(format!("request failed: {err}")),
+            }
+            tokio::time::sleep(POST_INTERVAL).await;
+        }
+        posted
+    })
+}
+
+/// Polls `/readyz` until it returns `status`.
+async fn wait_for_status(process: &Switchyard, status: StatusCode) -> anyhow::Result<()> {
+    let reached = poll(OUTAGE_TIMEOUT, || async {
+        let response = process.get("/readyz").await.ok()?;
+        (response.status() == status).then_some(())
+    })
+    .await;
+    anyhow::ensure!(
+        reached.is_some(),
+        "/readyz did not return {status} within {OUTAGE_TIMEOUT:?}; stderr:\n{}",
+        process.stderr_tail(40)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn stop_app_loses_no_accepted_event() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    outage_loses_no_accepted_event(Outage::StopApp).await
+}
+
+#[tokio::test]
+async fn node_restart_loses_no_accepted_event() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    outage_loses_no_accepted_event(Outage::WholeNode).await
+}
+
+/// Posts orders before, during and after `outage`, and checks that
+/// `/readyz` follows the node and every order accepted with 202 is handled.
+async fn outage_loses_no_accepted_event(outage: Outage) -> anyhow::Result<()> {
+    for handler in ["email", "inventory", "analytics"] {
+        component(&format!("handlers/{handler}.wasm"))?;
+    }
+    let manifest = shop_manifest();
+    rabbitmq().reset(&[&manifest]).await?;
+    let dir = tempfile::tempdir()?;
+    let process = Switchyard::start(dir.path(), &[manifest], BrokerMode::RabbitMq).await?;
+
+    let stop = Arc::new(Mutex::new(false));
+    let producer = post_orders(process.url("/orders"), stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let node = StoppedNode::stop(outage)?;
+    let stopped_at = Instant::now();
+    wait_for_status(&process, StatusCode::SERVICE_UNAVAILABLE).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    node.start()?;
+    let outage_time = stopped_at.elapsed();
+    wait_for_status(&process, StatusCode::OK).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    *stop.lock().expect("stop flag lock") = true;
+    let posted = producer.await?;
+
+    assert!(
+        posted.other.is_empty(),
+        "responses other than 202 and 503: {:#?}",
+        posted.other
+    );
+    assert!(
+        posted.accepted.len() >= 20,
+        "too few orders accepted around a {outage_time:?} outage: {}",
+        posted.accepted.len()
+    );
+    let accepted = posted.accepted.len() as u64;
+    let labels = [("consumer", "email-service"), ("outcome", "ok")];
+    process
+        .wait_for_count(HANDLED, &labels, accepted, DRAIN_TIMEOUT)
+        .await?;
+    let stopped = process.stop_cleanly().await?;
+
+    // Handled at least once: every accepted id appears on a line of the
+    // email handler. A redelivery after the outage may add a second line.
+    let handled: BTreeSet<String> = stopped
+        .log_lines()
+        .iter()
+        .filter(|line| line.target == "switchyard::handler")
+        .filter(|line| line.field("consumer") == Some("email-service"))
+        .filter_map(|line| line.field("event_id").map(str::to_owned))
+        .collect();
+    let lost: Vec<&String> = posted.accepted.difference(&handled).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} accepted orders were never handled ({} answered 503): {lost:?}",
+        lost.len(),
+        posted.accepted.len(),
+        posted.unavailable
+    );
+    eprintln!(
+        "{outage:?} outage of {outage_time:?}: {} orders accepted, {} answered 503, none lost",
+        posted.accepted.len(),
+        posted.unavailable
+    );
+    Ok(())
+}
