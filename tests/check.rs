@@ -132,10 +132,10 @@ fn case_reports_its_own_code() {
     let codes_by_case = [
         ("duplicate-key", &["duplicate-key"][..]),
         ("duplicate-route", &["duplicate-route"][..]),
-        ("handler-core-module", &["handler-invalid"][..]),
+        ("handler-core-module", &["handler-not-component"][..]),
         ("handler-not-found", &["handler-not-found"][..]),
-        ("handler-other-world", &["handler-invalid"][..]),
-        ("handler-unknown-import", &["handler-invalid"][..]),
+        ("handler-other-world", &["handler-wrong-world"][..]),
+        ("handler-unknown-import", &["handler-wrong-world"][..]),
         ("invalid-binding-key", &["invalid-binding-key"][..]),
         ("invalid-concurrency", &["invalid-value"][..]),
         ("invalid-duration", &["invalid-value"][..]),

@@ -228,9 +228,15 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         if let Err(reason) = host.load_file(&path) {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let code = if crate::handler::is_component(&bytes) {
+                "handler-wrong-world"
+            } else {
+                "handler-not-component"
+            };
             problems.push(
                 Problem::error(
-                    "handler-invalid",
+                    code,
                     format!(
                         "handler `{}` of consumer `{name}` is not usable: {reason}",
                         path.display()

@@ -292,7 +292,7 @@ impl HandlerHost {
     /// Compiles a component and checks that it implements the handler world
     /// with imports this host provides.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<LoadedHandler, String> {
-        if !wasmparser_is_component(bytes) {
+        if !is_component(bytes) {
             return Err(describe_non_component(bytes));
         }
         let digest = digest(bytes);
@@ -502,7 +502,7 @@ const WASM_MAGIC: &[u8] = b"\0asm";
 
 /// Reports whether bytes start with the header of a component (layer 1), as
 /// opposed to a core module (layer 0).
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
+pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && &bytes[..4] == WASM_MAGIC && bytes[6..8] == [1, 0]
 }
 

@@ -13,6 +13,7 @@ mod values;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use toml::Spanned;
 
 pub use check::{PartitionKey, parse_partition_key, parse_route};
 pub use interpolate::{MissingVariable, expand};
@@ -47,6 +48,8 @@ pub struct Manifest {
     pub files: Vec<SourceFile>,
     pub name: String,
     pub listen: Option<String>,
+    /// File and span of `runtime.listen`, for problems with its value.
+    listen_at: Option<(usize, std::ops::Range<usize>)>,
     pub drain_timeout: Duration,
     pub body_limit: u64,
     pub cache_dir: Option<PathBuf>,
@@ -239,10 +242,11 @@ fn merge(
     manifest.schema_dirs.push(folder.join(schemas));
     manifest.handler_dirs.push(folder.join(handlers));
 
-    let mut set_once = |key: &'static str, present: bool| -> bool {
-        if !present {
+    // `span` is where the setting's value is, when it is set here.
+    let mut set_once = |key: &'static str, span: Option<std::ops::Range<usize>>| -> bool {
+        let Some(span) = span else {
             return false;
-        }
+        };
         if let Some(first) = runtime_origin.get(key) {
             problems.push(
                 Problem::error(
@@ -252,7 +256,7 @@ fn merge(
                         manifest.files[*first].path.display()
                     ),
                 )
-                .in_file(index)
+                .at(index, span)
                 .hint("set each runtime setting in one manifest only"),
             );
             return false;
@@ -260,20 +264,30 @@ fn merge(
         runtime_origin.insert(key, index);
         true
     };
-    if set_once("name", runtime.name.is_some()) {
-        manifest.name = runtime.name.unwrap_or_default();
+    if set_once("name", runtime.name.as_ref().map(Spanned::span)) {
+        manifest.name = runtime.name.map(Spanned::into_inner).unwrap_or_default();
     }
-    if set_once("listen", runtime.listen.is_some()) {
-        manifest.listen = runtime.listen;
+    if set_once("listen", runtime.listen.as_ref().map(Spanned::span)) {
+        manifest.listen_at = runtime.listen.as_ref().map(|l| (index, l.span()));
+        manifest.listen = runtime.listen.map(Spanned::into_inner);
     }
-    if set_once("drain_timeout", runtime.drain_timeout.is_some()) {
-        manifest.drain_timeout = runtime.drain_timeout.map(|d| d.0).unwrap_or_default();
+    if set_once(
+        "drain_timeout",
+        runtime.drain_timeout.as_ref().map(Spanned::span),
+    ) {
+        manifest.drain_timeout = runtime
+            .drain_timeout
+            .map(|d| d.into_inner().0)
+            .unwrap_or_default();
     }
-    if set_once("body_limit", runtime.body_limit.is_some()) {
-        manifest.body_limit = runtime.body_limit.map(|b| b.0).unwrap_or_default();
+    if set_once("body_limit", runtime.body_limit.as_ref().map(Spanned::span)) {
+        manifest.body_limit = runtime
+            .body_limit
+            .map(|b| b.into_inner().0)
+            .unwrap_or_default();
     }
-    if set_once("cache", runtime.cache.is_some()) {
-        manifest.cache_dir = runtime.cache.map(|c| folder.join(c));
+    if set_once("cache", runtime.cache.as_ref().map(Spanned::span)) {
+        manifest.cache_dir = runtime.cache.map(|c| folder.join(c.into_inner()));
     }
 
     let files = &manifest.files;
@@ -431,9 +445,10 @@ fn expand_variables(
         }
         manifest.broker_options.insert(name.clone(), options);
     }
-    if let Some(listen) = manifest.listen.clone() {
-        let file = 0;
-        manifest.listen = expand_one(&listen, file, None);
+    if let (Some(listen), Some((file, span))) =
+        (manifest.listen.clone(), manifest.listen_at.clone())
+    {
+        manifest.listen = expand_one(&listen, file, Some(span));
     }
 }
 

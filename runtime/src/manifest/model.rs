@@ -45,10 +45,12 @@ pub struct ManifestFile {
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSection {
     /// Name of this system, used as the CloudEvents `source` prefix.
-    pub name: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub name: Option<Spanned<String>>,
     /// Address of the HTTP server for producers, probes and metrics, such as
     /// `127.0.0.1:3000`. `${VAR}` and `${VAR:-default}` are expanded.
-    pub listen: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub listen: Option<Spanned<String>>,
     /// Folder of the event JSON Schemas, relative to this manifest.
     /// Default `../schemas`.
     pub schemas: Option<String>,
@@ -57,13 +59,14 @@ pub struct RuntimeSection {
     pub handlers: Option<String>,
     /// Folder for compiled handler components, relative to this manifest.
     /// Default: `switchyard` under the user's cache folder.
-    pub cache: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub cache: Option<Spanned<String>>,
     /// How long shutdown waits for in-flight events, such as `30s`.
     #[schemars(with = "Option<String>")]
-    pub drain_timeout: Option<HumanDuration>,
+    pub drain_timeout: Option<Spanned<HumanDuration>>,
     /// Largest accepted HTTP request body, such as `1MiB`.
     #[schemars(with = "Option<String>")]
-    pub body_limit: Option<ByteSize>,
+    pub body_limit: Option<Spanned<ByteSize>>,
 }
 
 /// A broker connection.

@@ -583,3 +583,13 @@ fn rendered_source_hides_passwords() {
     assert!(!rendered.contains("hunter2"), "{rendered}");
     assert!(rendered.contains("\"*******\""), "{rendered}");
 }
+
+#[test]
+fn duplicate_runtime_setting_points_at_value() {
+    let first = "[runtime]\nlisten = \"127.0.0.1:3000\"\n";
+    let second = "[runtime]\nname = \"shop\"\nlisten = \"127.0.0.1:4000\"\n";
+    let loaded = load_texts(&[first, second], Purpose::Run);
+    assert_eq!(codes(&loaded), ["duplicate-runtime-setting"]);
+    assert_eq!(loaded.problems[0].file, Some(1));
+    assert_eq!(position(&loaded, 0), (3, 10));
+}
