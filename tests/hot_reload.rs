@@ -672,3 +672,57 @@ async fn manifest_change_warns_restart_needed() -> anyhow::Result<()> {
     run.process.stop_cleanly().await?;
     Ok(())
 }
+
+/// Posts 200 events 5 ms apart while the handler is replaced by a rename:
+/// every event is handled exactly once, by one whole version or the other,
+/// and nothing is retried or dead-lettered.
+#[tokio::test]
+async fn burst_across_reload_loses_nothing() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    const EVENTS: usize = 200;
+    const RELOAD_AFTER: usize = 60;
+    let run = start(Some(Version::Analytics)).await?;
+
+    let staged = run.dir.path().join("staged.wasm");
+    std::fs::write(&staged, Version::Chaos.bytes()?)?;
+    let mut event_ids = Vec::new();
+    for index in 0..EVENTS {
+        if index == RELOAD_AFTER {
+            std::fs::rename(&staged, run.handler_path())?;
+        }
+        event_ids.push(run.post_user().await?);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let ok = [("consumer", CONSUMER), ("outcome", "ok")];
+    run.process
+        .wait_for_count(HANDLED, &ok, EVENTS as u64, TIMEOUT)
+        .await?;
+    run.expect_reloads("ok", 1, "after the burst").await?;
+    let metrics = run.process.metrics().await?;
+    assert_eq!(
+        metrics.count(HANDLED, &[("consumer", CONSUMER)]),
+        EVENTS as u64,
+        "outcomes, all of them ok:\n{}",
+        metrics.describe(HANDLED)
+    );
+
+    // One call line per event, each from a whole version.
+    let lines = run.log_lines();
+    let mut by_version = [0usize; 2];
+    for event_id in &event_ids {
+        let calls: Vec<Version> = lines
+            .iter()
+            .filter(|line| line.field("event_id") == Some(event_id.as_str()))
+            .filter_map(|line| Version::from_message(line.message()))
+            .collect();
+        assert_eq!(calls.len(), 1, "calls for event {event_id}: {calls:?}");
+        by_version[usize::from(calls[0] == Version::Chaos)] += 1;
+    }
+    let [old, new] = by_version;
+    assert!(old >= 1, "no event was handled by the old version");
+    assert!(new >= 1, "no event was handled by the new version");
+    eprintln!("burst across a reload: {old} events by the old version, {new} by the new");
+    run.process.stop_cleanly().await?;
+    Ok(())
+}
