@@ -59,7 +59,7 @@ async fn handled(suite: &Suite, base: &str) -> anyhow::Result<f64> {
 
 /// Waits until every published `order.placed` was handled, and returns the
 /// handled count.
-async fn catch_up(suite: &Suite, base: &str) -> anyhow::Result<f64> {
+pub(crate) async fn catch_up(suite: &Suite, base: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
     loop {
         let metrics = suite.metrics(base).await?;

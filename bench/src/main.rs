@@ -36,7 +36,7 @@ enum Scenario {
     Embedded,
     /// Start to ready and idle memory with three handlers.
     Startup,
-    /// Hot-reload latency of a handler file.
+    /// Hot-reload latency of a handler file, and throughput while reloading.
     Reload,
 }
 
