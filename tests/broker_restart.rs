@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use switchyard_tests::shop::{HANDLED, order_body};
+use switchyard_tests::shop::{DEAD_LETTERED, HANDLED, order_body, user_body};
 use switchyard_tests::{
-    BrokerMode, Switchyard, component, poll, rabbitmq, rabbitmqctl, serial, shop_manifest,
+    BrokerMode, ChaosConsumer, LogLine, Switchyard, chaos_manifest, component, poll, rabbitmq,
+    rabbitmqctl, serial, shop_manifest,
 };
 
 /// Time for the runtime to notice the stopped node, and to reconnect and
@@ -237,6 +238,104 @@ async fn outage_loses_no_accepted_event(outage: Outage) -> anyhow::Result<()> {
         "{outage:?} outage of {outage_time:?}: {} orders accepted, {} answered 503, none lost",
         posted.accepted.len(),
         posted.unavailable
+    );
+    Ok(())
+}
+
+/// The node's `consumer_timeout` and `channel_tick_interval`, lowered for a
+/// test; dropping it restores RabbitMQ's defaults.
+struct LoweredConsumerTimeout;
+
+impl LoweredConsumerTimeout {
+    /// Makes the node close a channel whose delivery stays unacknowledged
+    /// for `timeout_ms`, checked every second, on channels opened from now.
+    fn set(timeout_ms: u64) -> anyhow::Result<LoweredConsumerTimeout> {
+        let guard = LoweredConsumerTimeout;
+        node_command(&[
+            "eval",
+            &format!("application:set_env(rabbit, consumer_timeout, {timeout_ms})."),
+        ])?;
+        node_command(&[
+            "eval",
+            "application:set_env(rabbit, channel_tick_interval, 1000).",
+        ])?;
+        Ok(guard)
+    }
+}
+
+impl Drop for LoweredConsumerTimeout {
+    fn drop(&mut self) {
+        // 30 minutes is RabbitMQ 3.10's default consumer_timeout.
+        let _ = node_command(&[
+            "eval",
+            "application:set_env(rabbit, consumer_timeout, 1800000).",
+        ]);
+        let _ = node_command(&[
+            "eval",
+            "application:unset_env(rabbit, channel_tick_interval).",
+        ]);
+    }
+}
+
+/// With the broker's consumer timeout at 3 s, a handler deadline of 1 s
+/// fires first: the event is retried and dead-lettered as usual and the
+/// channel stays open. A consumer whose 10 s deadline outlasts the broker's
+/// timeout loses its channel, and switchyard subscribes it again.
+#[tokio::test]
+async fn deadline_fires_before_consumer_timeout() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    component("tests/guests/chaos.wasm")?;
+    let dir = tempfile::tempdir()?;
+    let consumers = [
+        ChaosConsumer::new("quick", "order.placed", "spin")
+            .timeout("1s")
+            .max_attempts(2),
+        ChaosConsumer::new("slow", "user.created", "spin")
+            .timeout("10s")
+            .max_attempts(2),
+    ];
+    let manifest = chaos_manifest(dir.path(), &consumers)?;
+    rabbitmq().reset(&[&manifest]).await?;
+    let _lowered = LoweredConsumerTimeout::set(3_000)?;
+    let process = Switchyard::start(dir.path(), &[manifest], BrokerMode::RabbitMq).await?;
+
+    let event_id = process.publish("/orders", &order_body()).await?;
+    process.publish("/users", &user_body()).await?;
+    let labels = [("consumer", "quick"), ("reason", "max_attempts")];
+    process
+        .wait_for_count(DEAD_LETTERED, &labels, 1, OUTAGE_TIMEOUT)
+        .await?;
+    let resubscribed = poll(OUTAGE_TIMEOUT, || async {
+        let started = LogLine::parse_all(&process.stderr())
+            .iter()
+            .filter(|line| line.message() == "consumer started")
+            .filter(|line| line.field("consumer") == Some("slow"))
+            .count();
+        (started >= 2).then_some(())
+    })
+    .await;
+    let stopped = process.stop_cleanly().await?;
+    let lines = stopped.log_lines();
+    assert!(
+        resubscribed.is_some(),
+        "the slow consumer was not subscribed again after the broker's timeout; stderr:\n{}",
+        stopped.stderr
+    );
+
+    let calls: Vec<u32> = stopped
+        .chaos_calls()
+        .iter()
+        .filter(|call| call.event_id == event_id)
+        .map(|call| call.attempt)
+        .collect();
+    assert_eq!(calls, [1, 2], "calls of the quick consumer's event");
+    let quick_ended = lines.iter().any(|line| {
+        line.field("consumer") == Some("quick")
+            && line.message().starts_with("broker ended the consumer")
+    });
+    assert!(
+        !quick_ended,
+        "the broker closed the quick consumer's channel"
     );
     Ok(())
 }

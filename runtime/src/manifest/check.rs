@@ -2,10 +2,14 @@
 //! the right broker, and every route is declared once.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::{BrokerKind, Entry, Manifest, Problem, Purpose, closest};
+
+/// RabbitMQ's default `consumer_timeout`: 1800000 ms on RabbitMQ 3.10.8.
+const RABBITMQ_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// CloudEvents attributes that can serve as a Kafka partition key.
 pub const KEY_ATTRIBUTES: [&str; 5] = ["id", "source", "subject", "type", "time"];
@@ -546,6 +550,22 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                 )
                 .at_entry(entry)
                 .hint("set at least 1: the number of handler calls running at once"),
+            );
+        }
+        // RabbitMQ closes the channel of a delivery left unacknowledged for
+        // its consumer_timeout and delivers the message again, so a handler
+        // allowed to run longer is called again and again.
+        if def.queue.is_some() && def.limits.timeout.0 >= RABBITMQ_CONSUMER_TIMEOUT {
+            problems.push(
+                Problem::warning(
+                    "deadline-over-consumer-timeout",
+                    format!(
+                        "consumer `{name}` has a handler deadline (`limits.timeout`) of {}, not below RabbitMQ's default consumer_timeout of 30 minutes",
+                        def.limits.timeout
+                    ),
+                )
+                .at_entry(entry)
+                .hint("shorten `limits.timeout`, or raise `consumer_timeout` on the broker above it"),
             );
         }
         let path = manifest.handler_path(name).unwrap_or_default();

@@ -593,3 +593,26 @@ fn duplicate_runtime_setting_points_at_value() {
     assert_eq!(loaded.problems[0].file, Some(1));
     assert_eq!(position(&loaded, 0), (3, 10));
 }
+
+#[test]
+fn deadline_over_consumer_timeout_warned() {
+    let text = ROUTED.replace(
+        "handler = \"h.wasm\"",
+        "handler = \"h.wasm\"\nlimits = { timeout = \"45m\" }",
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(
+        codes(&loaded),
+        ["deadline-over-consumer-timeout"],
+        "{}",
+        loaded.render()
+    );
+    assert_eq!(loaded.problems[0].severity, Severity::Warning);
+
+    let text = ROUTED.replace(
+        "handler = \"h.wasm\"",
+        "handler = \"h.wasm\"\nlimits = { timeout = \"29m\" }",
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+}
