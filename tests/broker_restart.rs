@@ -243,38 +243,59 @@ async fn outage_loses_no_accepted_event(outage: Outage) -> anyhow::Result<()> {
 }
 
 /// The node's `consumer_timeout` and `channel_tick_interval`, lowered for a
-/// test; dropping it restores RabbitMQ's defaults.
-struct LoweredConsumerTimeout;
+/// test; dropping it puts back the values it found.
+///
+/// Both settings must stay set: RabbitMQ 3.10.8 fails to open any channel
+/// while `channel_tick_interval` is unset.
+struct LoweredConsumerTimeout {
+    consumer_timeout: u64,
+    channel_tick_interval: u64,
+}
 
 impl LoweredConsumerTimeout {
     /// Makes the node close a channel whose delivery stays unacknowledged
     /// for `timeout_ms`, checked every second, on channels opened from now.
     fn set(timeout_ms: u64) -> anyhow::Result<LoweredConsumerTimeout> {
-        let guard = LoweredConsumerTimeout;
-        node_command(&[
-            "eval",
-            &format!("application:set_env(rabbit, consumer_timeout, {timeout_ms})."),
-        ])?;
-        node_command(&[
-            "eval",
-            "application:set_env(rabbit, channel_tick_interval, 1000).",
-        ])?;
+        let guard = LoweredConsumerTimeout {
+            consumer_timeout: rabbit_setting("consumer_timeout")?,
+            channel_tick_interval: rabbit_setting("channel_tick_interval")?,
+        };
+        set_rabbit_setting("consumer_timeout", timeout_ms)?;
+        set_rabbit_setting("channel_tick_interval", 1000)?;
         Ok(guard)
     }
 }
 
 impl Drop for LoweredConsumerTimeout {
     fn drop(&mut self) {
-        // 30 minutes is RabbitMQ 3.10's default consumer_timeout.
-        let _ = node_command(&[
-            "eval",
-            "application:set_env(rabbit, consumer_timeout, 1800000).",
-        ]);
-        let _ = node_command(&[
-            "eval",
-            "application:unset_env(rabbit, channel_tick_interval).",
-        ]);
+        let _ = set_rabbit_setting("consumer_timeout", self.consumer_timeout);
+        let _ = set_rabbit_setting("channel_tick_interval", self.channel_tick_interval);
     }
+}
+
+/// Reads a whole-number setting of the `rabbit` application, which
+/// `rabbitmqctl eval` prints as `{ok,N}`.
+fn rabbit_setting(name: &str) -> anyhow::Result<u64> {
+    let expression = format!("application:get_env(rabbit, {name}).");
+    let output = rabbitmqctl(&["eval", &expression]).map_err(anyhow::Error::msg)?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim()
+        .strip_prefix("{ok,")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .and_then(|number| number.parse().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "RabbitMQ setting `{name}` is `{}`, not `{{ok,N}}`",
+                text.trim()
+            )
+        })
+}
+
+fn set_rabbit_setting(name: &str, value: u64) -> anyhow::Result<()> {
+    node_command(&[
+        "eval",
+        &format!("application:set_env(rabbit, {name}, {value})."),
+    ])
 }
 
 /// With the broker's consumer timeout at 3 s, a handler deadline of 1 s
