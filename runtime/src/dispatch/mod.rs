@@ -390,11 +390,13 @@ async fn decide(
 /// Records the decoded event's id, type and trace id on the span of the
 /// delivery, which every log line about the event carries.
 fn record_event_fields(event: &Event, trace: Option<TraceParent>) {
+    use tracing::field::display;
+
     let span = tracing::Span::current();
-    span.record("event_id", event.id.as_str());
-    span.record("event_type", event.event_type.as_str());
+    span.record("event_id", display(&event.id));
+    span.record("event_type", display(&event.event_type));
     if let Some(trace) = trace {
-        span.record("trace_id", trace.trace_id_hex());
+        span.record("trace_id", display(trace.trace_id_hex()));
     }
 }
 
