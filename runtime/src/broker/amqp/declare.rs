@@ -235,6 +235,36 @@ pub(super) async fn redeclare_queue(
     Ok(Some(bindings.len()))
 }
 
+/// Declares `exchange` again from the spec recorded when it was first
+/// declared, with every recorded binding from it, and returns the number of
+/// bindings. Used when the exchange was deleted on the broker while
+/// switchyard ran, which removed its bindings too. Returns `None` when this
+/// broker never declared the exchange.
+pub(super) async fn redeclare_exchange(
+    shared: &Shared,
+    session: &Session,
+    exchange: &str,
+) -> Result<Option<usize>, BrokerError> {
+    let (spec, bindings) = {
+        let declared = shared.declared();
+        let Some(spec) = declared.exchanges.get(exchange).cloned() else {
+            return Ok(None);
+        };
+        let bindings: Vec<BindingSpec> = declared
+            .bindings
+            .iter()
+            .filter(|binding| binding.exchange == exchange)
+            .cloned()
+            .collect();
+        (spec, bindings)
+    };
+    declare_exchange(shared, session, &spec).await?;
+    for binding in &bindings {
+        bind_queue(shared, session, binding).await?;
+    }
+    Ok(Some(bindings.len()))
+}
+
 /// Runs `operation` on a channel of its own within the operation timeout.
 /// The channel closes in the background when `operation` drops it, unless
 /// the broker closed it already because the operation failed.

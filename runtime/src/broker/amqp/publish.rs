@@ -7,11 +7,11 @@ use lapin::options::BasicPublishOptions;
 use lapin::protocol::AMQPSoftError;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation};
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
-use super::errors;
 use super::properties::{basic_properties, short_string};
 use super::session::Shared;
+use super::{declare, errors};
 use crate::broker::{BrokerError, Message};
 
 /// How many times one publish is sent again on a new channel after the broker
@@ -38,6 +38,29 @@ pub(super) async fn publish(
         message,
     };
     let timeout = shared.options.confirm_timeout;
+    let published = match tokio::time::timeout(timeout, publish_with_retry(shared, &request)).await
+    {
+        Ok(result) => result,
+        Err(_) => Err(BrokerError::ConfirmTimeout {
+            exchange: exchange.to_owned(),
+            timeout,
+        }),
+    };
+    let Err(BrokerError::NotFound {
+        kind: "exchange", ..
+    }) = &published
+    else {
+        return published;
+    };
+    // An exchange of the topology deleted on the broker: declare it again,
+    // with its bindings, and publish once more. Without this, dead letters
+    // sent to a deleted dead-letter exchange would be lost.
+    let session = shared.session()?;
+    let Some(bindings) = declare::redeclare_exchange(shared, &session, exchange).await? else {
+        return published;
+    };
+    warn!(broker = %shared.name, exchange, bindings,
+        "exchange was deleted on the broker; declared it again with its bindings");
     match tokio::time::timeout(timeout, publish_with_retry(shared, &request)).await {
         Ok(result) => result,
         Err(_) => Err(BrokerError::ConfirmTimeout {

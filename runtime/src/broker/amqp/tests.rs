@@ -8,7 +8,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::QueueDeleteOptions;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{AmqpBroker, AmqpOptions};
@@ -224,6 +224,18 @@ async fn delete_queue(url: &str, name: &str) {
         .queue_delete(name.into(), QueueDeleteOptions::default())
         .await
         .expect("delete queue");
+    let _ = connection.close(200, "OK".into()).await;
+}
+
+async fn delete_exchange(url: &str, name: &str) {
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect for exchange delete");
+    let channel = connection.create_channel().await.expect("open channel");
+    channel
+        .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("delete exchange");
     let _ = connection.close(200, "OK".into()).await;
 }
 
@@ -834,6 +846,49 @@ async fn consume_redeclares_deleted_queue() {
     let delivery = next_delivery(&mut deliveries).await;
     assert_eq!(delivery.message.body.as_ref(), b"after delete");
     delivery.ack().await.expect("ack");
+}
+
+#[tokio::test]
+async fn publish_redeclares_deleted_exchange() {
+    let vhost = VhostLease::acquire();
+    let broker = connect(&vhost.url()).await;
+    let dlx = unique("dlx");
+    let letters = unique("letters");
+    broker
+        .declare_exchange(&exchange(&dlx, ExchangeKind::Fanout))
+        .await
+        .expect("declare exchange");
+    broker
+        .declare_queue(&queue(&letters))
+        .await
+        .expect("declare queue");
+    broker
+        .bind_queue(&binding(&dlx, &letters, ""))
+        .await
+        .expect("bind queue");
+    delete_exchange(&vhost.url(), &dlx).await;
+
+    broker
+        .publish(&dlx, text_message("any", "after delete"))
+        .await
+        .expect("publish to the re-declared exchange");
+    wait_for_depth(&broker, &letters, 1).await;
+
+    let missing = unique("never-declared");
+    let error = broker
+        .publish(&missing, text_message("any", "lost"))
+        .await
+        .expect_err("an exchange this broker never declared stays missing");
+    assert!(
+        matches!(
+            error,
+            BrokerError::NotFound {
+                kind: "exchange",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
