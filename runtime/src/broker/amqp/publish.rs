@@ -37,15 +37,7 @@ pub(super) async fn publish(
         properties: basic_properties(&message)?,
         message,
     };
-    let timeout = shared.options.confirm_timeout;
-    let published = match tokio::time::timeout(timeout, publish_with_retry(shared, &request)).await
-    {
-        Ok(result) => result,
-        Err(_) => Err(BrokerError::ConfirmTimeout {
-            exchange: exchange.to_owned(),
-            timeout,
-        }),
-    };
+    let published = publish_within_timeout(shared, &request).await;
     let Err(BrokerError::NotFound {
         kind: "exchange", ..
     }) = &published
@@ -61,10 +53,19 @@ pub(super) async fn publish(
     };
     warn!(broker = %shared.name, exchange, bindings,
         "exchange was deleted on the broker; declared it again with its bindings");
-    match tokio::time::timeout(timeout, publish_with_retry(shared, &request)).await {
+    publish_within_timeout(shared, &request).await
+}
+
+/// Publishes until confirmed or failed for good, within `confirm_timeout`.
+async fn publish_within_timeout(
+    shared: &Shared,
+    request: &PublishRequest,
+) -> Result<(), BrokerError> {
+    let timeout = shared.options.confirm_timeout;
+    match tokio::time::timeout(timeout, publish_with_retry(shared, request)).await {
         Ok(result) => result,
         Err(_) => Err(BrokerError::ConfirmTimeout {
-            exchange: exchange.to_owned(),
+            exchange: request.exchange.to_string(),
             timeout,
         }),
     }
