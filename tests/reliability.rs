@@ -740,14 +740,22 @@ async fn sustained_load_short_run() -> anyhow::Result<()> {
     run_shop_load(plan, TIMEOUT * 2).await
 }
 
-/// Runs the long load: 2,000 requests/s for 5 minutes. The README's Tests
-/// section gives the command, which uses a release build for a rate that
-/// high.
+/// Runs the long load: 2,000 requests/s for 5 minutes, or the rate in
+/// `SWITCHYARD_LOAD_RATE`. The README's Tests section gives the command,
+/// which uses a release build for a rate that high.
 #[tokio::test]
 #[ignore = "runs for more than 5 minutes; run it with --ignored"]
 async fn sustained_load_long_run() -> anyhow::Result<()> {
+    let rate = match std::env::var("SWITCHYARD_LOAD_RATE") {
+        Ok(text) => text.parse().map_err(|err| {
+            anyhow::anyhow!(
+                "SWITCHYARD_LOAD_RATE `{text}` is not a whole number of requests per second: {err}"
+            )
+        })?,
+        Err(_) => 2_000,
+    };
     let plan = LoadPlan {
-        rate: 2_000,
+        rate,
         duration: Duration::from_secs(300),
         max_in_flight: 256,
         // About 50 s of load, an estimated 60 MB of messages on the broker.
