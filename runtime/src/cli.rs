@@ -37,6 +37,19 @@ enum Command {
     Plan(PlanArgs),
     /// Validate one event and publish it to its targets, waiting for the confirm.
     Publish(PublishArgs),
+    /// Show where an event type goes: exchanges and topics, matching
+    /// bindings, queues, consumers, and where failures end up.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// Manifest files, then the event type, such as `order.placed`.
+    #[arg(required = true, num_args = 2.., value_name = "MANIFEST... EVENT_TYPE")]
+    arguments: Vec<String>,
+    /// Routing key to publish with, instead of each target's own.
+    #[arg(long, value_name = "ROUTING_KEY")]
+    key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +125,7 @@ pub fn main() -> ExitCode {
         }
         Command::Publish(args) => publish(args),
         Command::Plan(args) => plan(args),
+        Command::Explain(args) => explain(args),
     };
     match result {
         Ok(code) => code,
@@ -206,6 +220,21 @@ fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         "{}",
         serde_json::json!({ "id": event.id, "type": event.event_type })
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let mut arguments = args.arguments;
+    let event_type = arguments.pop().unwrap_or_default();
+    let manifests: Vec<PathBuf> = arguments.into_iter().map(PathBuf::from).collect();
+    // As `check` does: an unset `${VAR}` is only a warning here.
+    let loaded = manifest::load(&manifests, Purpose::Check, &|name| std::env::var(name).ok());
+    if loaded.has_errors() {
+        anyhow::bail!("invalid manifest:\n{}", loaded.render());
+    }
+    let text = crate::explain::explain(&loaded.manifest, &event_type, args.key.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cli;
 pub mod dispatch;
 pub mod event;
+pub mod explain;
 pub mod handler;
 pub mod ingress;
 pub mod manifest;

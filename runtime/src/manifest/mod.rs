@@ -19,6 +19,7 @@ pub use check::{PartitionKey, parse_partition_key, parse_route};
 pub use interpolate::{MissingVariable, expand};
 pub use model::*;
 pub use problem::{Problem, ProblemRecord, Severity, SourceFile, closest, record, render};
+pub use routes::binding_matches;
 pub use values::{ByteSize, HumanDuration};
 
 /// What the manifests are loaded for; decides how strict some checks are.

@@ -290,7 +290,11 @@ fn routes_to(manifest: &Manifest, queue: &QueueDef, exchange: &str, routing_key:
     })
 }
 
-fn binding_matches(kind: ExchangeType, binding_key: &str, routing_key: &str) -> bool {
+/// Reports whether a binding with `binding_key` on an exchange of `kind`
+/// takes a message with `routing_key`. A headers exchange is treated as
+/// taking every message, because manifests bind headers exchanges without
+/// header arguments.
+pub fn binding_matches(kind: ExchangeType, binding_key: &str, routing_key: &str) -> bool {
     match kind {
         ExchangeType::Fanout | ExchangeType::Headers => true,
         ExchangeType::Direct => binding_key == routing_key,
