@@ -40,6 +40,18 @@ enum Command {
     /// Show where an event type goes: exchanges and topics, matching
     /// bindings, queues, consumers, and where failures end up.
     Explain(ExplainArgs),
+    /// Write an AsyncAPI 3.0 document (YAML) of the topology.
+    Asyncapi(AsyncapiArgs),
+}
+
+#[derive(Debug, Args)]
+struct AsyncapiArgs {
+    /// Manifest files; several form one topology.
+    #[arg(required = true)]
+    manifests: Vec<PathBuf>,
+    /// File to write instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +138,7 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => publish(args),
         Command::Plan(args) => plan(args),
         Command::Explain(args) => explain(args),
+        Command::Asyncapi(args) => asyncapi(args),
     };
     match result {
         Ok(code) => code,
@@ -220,6 +233,24 @@ fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         "{}",
         serde_json::json!({ "id": event.id, "type": event.event_type })
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn asyncapi(args: AsyncapiArgs) -> anyhow::Result<ExitCode> {
+    let loaded = manifest::load(&args.manifests, Purpose::Check, &|name| {
+        std::env::var(name).ok()
+    });
+    if loaded.has_errors() {
+        anyhow::bail!("invalid manifest:\n{}", loaded.render());
+    }
+    let document = crate::asyncapi::document(&loaded.manifest).map_err(anyhow::Error::msg)?;
+    let text = serde_saphyr::to_string(&document)
+        .map_err(|err| anyhow::anyhow!("cannot write the document as YAML: {err}"))?;
+    match &args.output {
+        Some(path) => std::fs::write(path, &text)
+            .map_err(|err| anyhow::anyhow!("cannot write `{}`: {err}", path.display()))?,
+        None => print!("{text}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

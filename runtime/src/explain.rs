@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::manifest::{ConsumerDef, ExchangeType, Manifest, QueueDef, binding_matches};
+use crate::manifest::{ConsumerDef, Manifest, QueueDef, binding_matches};
 use crate::topology::{self, UNROUTABLE};
 
 /// Returns the explanation of `event_type` as text, or an error naming the
@@ -92,7 +92,7 @@ fn explain_exchange(
     let _ = writeln!(
         out,
         "  published to exchange `{exchange}` ({}, broker `{}`) with routing key `{routing_key}`",
-        kind_name(def.kind),
+        def.kind.name(),
         def.broker.get_ref()
     );
     let matched = matching_queues(manifest, exchange, routing_key);
@@ -251,13 +251,4 @@ fn explain_topic_consumers(manifest: &Manifest, topic: &str, out: &mut String) -
         );
     }
     readers.len()
-}
-
-fn kind_name(kind: ExchangeType) -> &'static str {
-    match kind {
-        ExchangeType::Direct => "direct",
-        ExchangeType::Fanout => "fanout",
-        ExchangeType::Topic => "topic",
-        ExchangeType::Headers => "headers",
-    }
 }

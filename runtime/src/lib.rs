@@ -3,6 +3,7 @@
 //! provisions the topology, validates events against JSON Schemas and
 //! dispatches them to WebAssembly handler components.
 
+pub mod asyncapi;
 pub mod broker;
 pub mod cli;
 pub mod dispatch;

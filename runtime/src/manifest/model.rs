@@ -126,6 +126,18 @@ pub enum ExchangeType {
     Headers,
 }
 
+impl ExchangeType {
+    /// Returns the type's name as AMQP and the manifest write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Fanout => "fanout",
+            ExchangeType::Topic => "topic",
+            ExchangeType::Headers => "headers",
+        }
+    }
+}
+
 /// An AMQP exchange.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
