@@ -310,6 +310,50 @@ async fn limit_hit_counts_as_retry(
     finish(run, &name, &event_id, 2).await
 }
 
+/// A memory bomb and a trapping handler on `order.placed` do not hold up
+/// the consumer of `user.created`: each of its calls starts well within one
+/// deadline (2 s) of the first failing call.
+#[tokio::test]
+async fn bomb_and_trap_do_not_delay_others() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let consumers = [
+        ChaosConsumer::new("bomber", "order.placed", "alloc"),
+        ChaosConsumer::new("trapper", "order.placed", "trap"),
+        ChaosConsumer::new("steady", "user.created", "ok"),
+    ];
+    let run = start(BrokerMode::Embedded, &consumers).await?;
+    let process = &run.process;
+    let order_id = process.publish("/orders", &order_body()).await?;
+    let mut user_ids = Vec::new();
+    for _ in 0..5 {
+        user_ids.push(process.publish("/users", &user_body()).await?);
+    }
+    let ok = [("consumer", "steady"), ("outcome", "ok")];
+    process.wait_for_count(HANDLED, &ok, 5, TIMEOUT).await?;
+    for consumer in ["bomber", "trapper"] {
+        let labels = [("consumer", consumer), ("reason", "max_attempts")];
+        process
+            .wait_for_count(DEAD_LETTERED, &labels, 1, TIMEOUT)
+            .await?;
+    }
+
+    let calls = process.chaos_calls();
+    let failing = calls_of(&calls, &order_id);
+    assert_eq!(failing.len(), 6, "bomber and trapper calls: {failing:#?}");
+    let first_failure = &failing[0];
+    for user_id in &user_ids {
+        let steady = calls_of(&calls, user_id);
+        assert_eq!(steady.len(), 1, "calls of {user_id}: {steady:#?}");
+        let offset = gap_ms(first_failure, &steady[0]);
+        assert!(
+            offset < 2000,
+            "the steady consumer ran {offset} ms after the first failing call: {calls:#?}"
+        );
+    }
+    run.process.stop_cleanly().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn memory_limit_counts_as_retry() -> anyhow::Result<()> {
     let _serial = serial().await;
