@@ -20,14 +20,7 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
         .await?;
     let script = suite.path("bench/wrk/post-order.lua");
     let url = format!("{base}/orders");
-    wrk::run(
-        &url,
-        &script,
-        suite.http_connections,
-        Duration::from_secs(2),
-    )
-    .await?;
-    catch_up(suite, &base).await?;
+    warm_up(suite, &url, &script, &base).await?;
 
     let mut rates = Vec::new();
     for run in 1..=suite.runs {
@@ -48,6 +41,19 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
         &rates,
         "events/s",
     )])
+}
+
+/// Runs wrk for 2 s and waits for the consumer, so that connections, the
+/// compile cache and the allocator pools are warm before the measured runs.
+pub(crate) async fn warm_up(
+    suite: &Suite,
+    url: &str,
+    script: &std::path::Path,
+    base: &str,
+) -> anyhow::Result<()> {
+    wrk::run(url, script, suite.http_connections, Duration::from_secs(2)).await?;
+    catch_up(suite, base).await?;
+    Ok(())
 }
 
 async fn handled(suite: &Suite, base: &str) -> anyhow::Result<f64> {

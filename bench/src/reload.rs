@@ -83,15 +83,7 @@ async fn throughput_cost(suite: &Suite) -> anyhow::Result<Figure> {
         .await?;
     let script = suite.path("bench/wrk/post-order.lua");
     let url = format!("{base}/orders");
-    // Warm-up: connections, the compile cache and the allocator pools.
-    wrk::run(
-        &url,
-        &script,
-        suite.http_connections,
-        Duration::from_secs(2),
-    )
-    .await?;
-    embedded::catch_up(suite, &base).await?;
+    embedded::warm_up(suite, &url, &script, &base).await?;
 
     let mut steady = Vec::new();
     let mut reloading = Vec::new();

@@ -9,7 +9,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::manifest::{BrokerKind, Manifest, binding_matches};
+use crate::explain::matching_queues;
+use crate::manifest::{BrokerKind, Manifest};
 
 const DRAFT_07: &str = "http://json-schema.org/draft-07/schema#";
 const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
@@ -136,15 +137,10 @@ fn channels(manifest: &Manifest) -> Value {
             .iter()
             .filter(|(event_type, event)| {
                 event.def.publish.as_slice().iter().any(|target| {
-                    let exchange = target.exchange.get_ref();
                     let key = target.routing_key.as_deref().unwrap_or(event_type);
-                    let kind = manifest.exchanges.get(exchange).map(|e| e.def.kind);
-                    def.bind.iter().any(|binding| {
-                        binding.exchange.get_ref() == exchange
-                            && kind.is_some_and(|kind| {
-                                binding_matches(kind, binding.key.get_ref(), key)
-                            })
-                    })
+                    matching_queues(manifest, target.exchange.get_ref(), key)
+                        .iter()
+                        .any(|(queue, ..)| queue == name)
                 })
             })
             .map(|(event_type, _)| {

@@ -128,7 +128,7 @@ fn explain_exchange(
 
 /// Returns the queues bound to `exchange` with a binding that matches
 /// `routing_key`, each with the binding key that matched.
-fn matching_queues<'a>(
+pub(crate) fn matching_queues<'a>(
     manifest: &'a Manifest,
     exchange: &str,
     routing_key: &str,
