@@ -2,8 +2,8 @@
 //! producers posting throughout: nothing accepted with 202 is lost.
 //!
 //! These tests stop the shared local node, with `rabbitmqctl stop_app` or a
-//! whole `rabbitmqctl stop`, so every other user of that node sees the
-//! outage too. `cargo test` runs test binaries one after another, and the
+//! whole `rabbitmqctl stop`, so the outage hits every other user of that
+//! node too. `cargo test` runs test binaries one after another, and the
 //! tests here take turns, so they disturb no other test of this repository.
 //! A guard starts the node again when a test fails half-way.
 

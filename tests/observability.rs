@@ -318,7 +318,7 @@ async fn broker_password_never_logged() -> anyhow::Result<()> {
     // A wrong password: the failed logins are logged and reported.
     let wrong = format!("wrong-{password}");
     let url = format!("amqp://{user}:{wrong}@127.0.0.1:5672/{vhost}");
-    let refused = async {
+    let rejected_login = async {
         let process =
             Switchyard::spawn_with_env(dir.path(), &[manifest], BrokerMode::Url(url), &env).await?;
         // Long enough for a few failed attempts.
@@ -339,7 +339,7 @@ async fn broker_password_never_logged() -> anyhow::Result<()> {
         .collect();
     assert!(leaked.is_empty(), "password in the log: {leaked:#?}");
 
-    let (readiness, stderr) = refused?;
+    let (readiness, stderr) = rejected_login?;
     assert!(readiness.contains("broker:rabbit"), "/readyz: {readiness}");
     assert!(!readiness.contains(&password), "/readyz: {readiness}");
     let leaked: Vec<&str> = stderr

@@ -404,9 +404,9 @@ async fn publish_cli_fails_without_broker() -> anyhow::Result<()> {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let silent_address = silent.local_addr()?;
     let holder = tokio::spawn(async move {
-        let mut held = Vec::new();
+        let mut open_sockets = Vec::new();
         while let Ok((socket, _)) = silent.accept().await {
-            held.push(socket);
+            open_sockets.push(socket);
         }
     });
 

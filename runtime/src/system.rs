@@ -504,7 +504,7 @@ async fn watch_connection(
     let check = format!("broker:{name}");
     let gauge = metrics::gauge!(telemetry::BROKER_CONNECTED, "broker" => name.clone());
     let reconnects = metrics::counter!(telemetry::BROKER_RECONNECTS, "broker" => name.clone());
-    // Publish the series at 0, so a dashboard sees it before the first loss.
+    // Publish the series at 0, so that it exists before the first loss.
     reconnects.increment(0);
     let mut was_connected = broker.is_connected();
     gauge.set(if was_connected { 1.0 } else { 0.0 });

@@ -58,7 +58,7 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// The `--log-format json` line: one object with `timestamp`, `level`,
-/// `target` and `fields`. `fields` holds the event's own fields and those of
+/// `target` and `fields`. `fields` contains the event's own fields and those of
 /// every span around it, so a per-event line carries the consumer, queue and
 /// event ids as plain fields that log search can filter on.
 struct JsonLines;

@@ -25,7 +25,7 @@ pub struct TraceParent {
 impl TraceParent {
     /// Parses a `traceparent` value. Returns `None` for a version other than
     /// 00, a wrong length, upper-case or non-hex digits, or an all-zero id,
-    /// which W3C Trace Context tells a receiver to treat as no context.
+    /// which a receiver treats as no context under W3C Trace Context.
     pub fn parse(value: &str) -> Option<TraceParent> {
         let mut parts = value.split('-');
         let version = parts.next()?;

@@ -1,7 +1,7 @@
-//! A broker outage that only one test sees: a loopback TCP forwarder in
+//! A broker outage that affects one test only: a loopback TCP forwarder in
 //! front of RabbitMQ that the test can cut and restore. Cutting it closes
-//! every forwarded connection and refuses new ones, which is what a client
-//! sees when the broker stops, while RabbitMQ keeps serving other tests.
+//! every forwarded connection and rejects new ones, as a stopped broker
+//! would, while RabbitMQ keeps serving other tests.
 
 use std::net::SocketAddr;
 

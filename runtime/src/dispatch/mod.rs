@@ -371,7 +371,7 @@ async fn decide(
     for output in emitted {
         let mut follow_up = Event::new(&output.event_type, &consumer.source, output.data);
         // Each emitted event continues the trace of the event that caused
-        // it; one from a producer that sent no trace context starts a trace.
+        // it. When that event came without trace context, a new trace starts.
         let context = trace.map_or_else(TraceParent::new_root, |parent| parent.child());
         follow_up
             .extensions

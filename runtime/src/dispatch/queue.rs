@@ -93,13 +93,13 @@ pub(super) async fn run(
 /// The deliveries a consumer has taken from the broker and not settled yet,
 /// published as the share of the prefetch window they fill. With a prefetch
 /// of 0 (no limit) there is no window and no gauge.
-struct HeldDeliveries {
+struct UnsettledDeliveries {
     count: AtomicUsize,
     prefetch: u16,
     gauge: Option<metrics::Gauge>,
 }
 
-impl HeldDeliveries {
+impl UnsettledDeliveries {
     fn new(consumer: &Consumer) -> Self {
         let gauge = (consumer.prefetch > 0).then(|| {
             metrics::gauge!(telemetry::PREFETCH_UTILIZATION, "consumer" => consumer.name.to_string())
@@ -107,7 +107,7 @@ impl HeldDeliveries {
         if let Some(gauge) = &gauge {
             gauge.set(0.0);
         }
-        HeldDeliveries {
+        UnsettledDeliveries {
             count: AtomicUsize::new(0),
             prefetch: consumer.prefetch,
             gauge,
@@ -148,7 +148,7 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> StreamEnd {
     let permits = Arc::new(Semaphore::new(consumer.concurrency.max(1) as usize));
-    let held = Arc::new(HeldDeliveries::new(consumer));
+    let unsettled = Arc::new(UnsettledDeliveries::new(consumer));
     let mut running = JoinSet::new();
     let end = loop {
         let permit = tokio::select! {
@@ -183,15 +183,15 @@ async fn consume(
         let consumer = consumer.clone();
         let queue = queue.clone();
         let services = services.clone();
-        let held = held.clone();
-        held.add(1);
+        let unsettled = unsettled.clone();
+        unsettled.add(1);
         let handling = async move {
             metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
                 .increment(1.0);
             process(&consumer, &queue, &services, &loaded, delivery).await;
             metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
                 .decrement(1.0);
-            held.sub(1);
+            unsettled.sub(1);
             drop(permit);
         };
         running.spawn(handling.instrument(span));
