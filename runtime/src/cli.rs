@@ -42,6 +42,17 @@ enum Command {
     Explain(ExplainArgs),
     /// Write an AsyncAPI 3.0 document (YAML) of the topology.
     Asyncapi(AsyncapiArgs),
+    /// Run test cases (`*.test.toml`) on the embedded broker with the real
+    /// handlers. Exits 1 when a case fails.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// Manifest files, then case files (names ending in `.test.toml`).
+    /// Without case files, every `*.test.toml` beside the manifests runs.
+    #[arg(required = true, value_name = "MANIFEST... [CASE_FILE...]")]
+    paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +150,7 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => plan(args),
         Command::Explain(args) => explain(args),
         Command::Asyncapi(args) => asyncapi(args),
+        Command::Test(args) => test(args),
     };
     match result {
         Ok(code) => code,
@@ -234,6 +246,27 @@ fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         serde_json::json!({ "id": event.id, "type": event.event_type })
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
+    // Handler calls log at warn when they fail; the report already says so.
+    telemetry::init_logging_with_default(LogFormat::Text, "error");
+    let (case_files, manifests): (Vec<PathBuf>, Vec<PathBuf>) =
+        args.paths.into_iter().partition(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.ends_with(crate::cases::file::SUFFIX))
+        });
+    if manifests.is_empty() {
+        anyhow::bail!("no manifest given; name the manifests before the case files");
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let summary = runtime.block_on(crate::cases::run(&manifests, &case_files))?;
+    Ok(if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn asyncapi(args: AsyncapiArgs) -> anyhow::Result<ExitCode> {

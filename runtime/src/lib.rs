@@ -5,6 +5,7 @@
 
 pub mod asyncapi;
 pub mod broker;
+pub mod cases;
 pub mod cli;
 pub mod dispatch;
 pub mod event;

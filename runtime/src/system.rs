@@ -316,7 +316,7 @@ pub async fn publish_once(
 /// Returns the compiled-component cache folder: `runtime.cache`, else
 /// `$XDG_CACHE_HOME/switchyard/components`, else `~/.cache/...`, else a
 /// folder under the system's temporary folder.
-fn cache_dir(manifest: &Manifest) -> PathBuf {
+pub(crate) fn cache_dir(manifest: &Manifest) -> PathBuf {
     if let Some(dir) = &manifest.cache_dir {
         return dir.clone();
     }
@@ -541,7 +541,7 @@ fn reconnect_delay(attempt: u32) -> Duration {
 
 /// Returns the publish targets of every event type: the exchanges in its
 /// `publish` list, then every topic that lists it.
-fn routes(manifest: &Manifest) -> HashMap<String, Vec<Route>> {
+pub(crate) fn routes(manifest: &Manifest) -> HashMap<String, Vec<Route>> {
     let mut routes: HashMap<String, Vec<Route>> = manifest
         .events
         .iter()
@@ -661,7 +661,7 @@ fn grants(manifest: &Manifest, consumer: &str, def: &manifest::GrantsDef) -> Gra
     }
 }
 
-fn consumers(
+pub(crate) fn consumers(
     manifest: &Manifest,
     brokers: &HashMap<String, Arc<dyn Broker>>,
     schemas: &Schemas,

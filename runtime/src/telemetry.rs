@@ -40,8 +40,14 @@ const DEFAULT_FILTER: &str = "info,lapin::channel=off";
 /// Installs the global tracing subscriber; the filter comes from `RUST_LOG`,
 /// default `info` without lapin's channel errors.
 pub fn init_logging(format: LogFormat) {
+    init_logging_with_default(format, DEFAULT_FILTER);
+}
+
+/// Installs the log subscriber with `default_filter` in place of the
+/// default, for when `RUST_LOG` is not set.
+pub fn init_logging_with_default(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     // Colours only for a terminal, so that a log file or collector gets
     // plain text.
     let builder = tracing_subscriber::fmt()

@@ -281,7 +281,7 @@ fn backoff(failures: u32) -> Duration {
 
 /// The settlement of a delivery after its handler call.
 #[derive(Debug, PartialEq, Eq)]
-enum Disposition {
+pub(crate) enum Disposition {
     Ack,
     Retry {
         attempt: u32,
@@ -302,18 +302,55 @@ async fn decide(
     message: &Message,
     previous: u32,
 ) -> Result<Disposition, PublishError> {
-    let dead_letter = |reason: String, label| Disposition::DeadLetter {
-        reason,
-        label,
-        attempt: previous,
+    let verdict = evaluate(consumer, services, handler, message, previous).await;
+    for follow_up in &verdict.follow_ups {
+        services.publisher.publish(follow_up).await?;
+        tracing::debug!(follow_up_id = %follow_up.id, follow_up_type = %follow_up.event_type, "published emitted event");
+    }
+    Ok(verdict.disposition)
+}
+
+/// What handling one message came to, before the events that the handler
+/// emitted are published.
+pub(crate) struct Verdict {
+    pub disposition: Disposition,
+    /// Events to publish before the message is acknowledged. Empty unless
+    /// the disposition is `Ack`.
+    pub follow_ups: Vec<Event>,
+    /// The handler's error when the disposition is `Retry`.
+    pub failure: Option<String>,
+}
+
+impl Verdict {
+    fn settled(disposition: Disposition) -> Self {
+        Verdict {
+            disposition,
+            follow_ups: Vec::new(),
+            failure: None,
+        }
+    }
+}
+
+/// Decodes and validates a message and calls the handler. Publishes
+/// nothing, so that `decide` and `switchyard test` share every decision.
+pub(crate) async fn evaluate(
+    consumer: &Consumer,
+    services: &Services,
+    handler: &LoadedHandler,
+    message: &Message,
+    previous: u32,
+) -> Verdict {
+    let dead_letter = |reason: String, label| {
+        Verdict::settled(Disposition::DeadLetter {
+            reason,
+            label,
+            attempt: previous,
+        })
     };
     let event = match event::decode(message) {
         Ok(event) => event,
         Err(err) => {
-            return Ok(dead_letter(
-                format!("undecodable message: {err}"),
-                "undecodable",
-            ));
+            return dead_letter(format!("undecodable message: {err}"), "undecodable");
         }
     };
     let trace = event
@@ -324,10 +361,10 @@ async fn decide(
     match services.schemas.validate(&event.event_type, &event.data) {
         Ok(()) => {}
         Err(check @ SchemaCheck::UnknownType(_)) => {
-            return Ok(dead_letter(check.to_string(), "unknown_type"));
+            return dead_letter(check.to_string(), "unknown_type");
         }
         Err(check @ SchemaCheck::Invalid(_)) => {
-            return Ok(dead_letter(check.to_string(), "schema"));
+            return dead_letter(check.to_string(), "schema");
         }
     }
 
@@ -344,7 +381,7 @@ async fn decide(
         Ok(emitted) => emitted,
         Err(CallError::Reject(reason)) => {
             tracing::info!(%reason, "handler rejected event");
-            return Ok(Disposition::DeadLetter {
+            return Verdict::settled(Disposition::DeadLetter {
                 reason: format!("rejected by handler: {reason}"),
                 label: "rejected",
                 attempt,
@@ -357,34 +394,45 @@ async fn decide(
                     .increment(1);
             }
             if attempt >= consumer.retry.max_attempts {
-                return Ok(Disposition::DeadLetter {
+                return Verdict::settled(Disposition::DeadLetter {
                     reason: format!("failed {attempt} attempts; last error: {err}"),
                     label: "max_attempts",
                     attempt,
                 });
             }
-            return Ok(Disposition::Retry { attempt });
+            return Verdict {
+                disposition: Disposition::Retry { attempt },
+                follow_ups: Vec::new(),
+                failure: Some(err.to_string()),
+            };
         }
     };
 
     tracing::debug!(attempt, emitted = emitted.len(), elapsed = ?started.elapsed(), "handler returned ok");
-    for output in emitted {
-        let mut follow_up = Event::new(&output.event_type, &consumer.source, output.data);
-        // Each emitted event continues the trace of the event that caused
-        // it. When that event came without trace context, a new trace starts.
-        let context = trace.map_or_else(TraceParent::new_root, |parent| parent.child());
-        follow_up
-            .extensions
-            .insert(TRACEPARENT.into(), context.to_string());
-        if let Some(state) = event.extensions.get(TRACESTATE) {
+    let follow_ups = emitted
+        .into_iter()
+        .map(|output| {
+            let mut follow_up = Event::new(&output.event_type, &consumer.source, output.data);
+            // Each emitted event continues the trace of the event that caused
+            // it. When that event came without trace context, a new trace
+            // starts.
+            let context = trace.map_or_else(TraceParent::new_root, |parent| parent.child());
             follow_up
                 .extensions
-                .insert(TRACESTATE.into(), state.clone());
-        }
-        services.publisher.publish(&follow_up).await?;
-        tracing::debug!(follow_up_id = %follow_up.id, follow_up_type = %follow_up.event_type, "published emitted event");
+                .insert(TRACEPARENT.into(), context.to_string());
+            if let Some(state) = event.extensions.get(TRACESTATE) {
+                follow_up
+                    .extensions
+                    .insert(TRACESTATE.into(), state.clone());
+            }
+            follow_up
+        })
+        .collect();
+    Verdict {
+        disposition: Disposition::Ack,
+        follow_ups,
+        failure: None,
     }
-    Ok(Disposition::Ack)
 }
 
 /// Records the decoded event's id, type and trace id on the span of the
