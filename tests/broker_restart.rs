@@ -22,6 +22,10 @@ use switchyard_tests::{
 /// Time for the runtime to notice the stopped node, and to reconnect and
 /// resume its consumers once it is back.
 const OUTAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an event whose handler outlasts the broker's consumer timeout
+/// may take to be dead-lettered: two 10 s calls, each followed by a new
+/// channel, then the dead letter.
+const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(90);
 /// Maximum wait for the backlog to be handled after the node is back.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Gap between two producer requests.
@@ -301,7 +305,10 @@ fn set_rabbit_setting(name: &str, value: u64) -> anyhow::Result<()> {
 /// With the broker's consumer timeout at 3 s, a handler deadline of 1 s
 /// fires first: the event is retried and dead-lettered as usual and the
 /// channel stays open. A consumer whose 10 s deadline outlasts the broker's
-/// timeout loses its channel, and switchyard subscribes it again.
+/// timeout loses its channel, and switchyard subscribes it again. The
+/// broker then delivers its event again. Once the calls whose
+/// acknowledgement failed reach `max_attempts`, the event is dead-lettered
+/// as `unacknowledged`.
 #[tokio::test]
 async fn deadline_fires_before_consumer_timeout() -> anyhow::Result<()> {
     let _serial = serial().await;
@@ -335,6 +342,10 @@ async fn deadline_fires_before_consumer_timeout() -> anyhow::Result<()> {
         (started >= 2).then_some(())
     })
     .await;
+    let unacknowledged = [("consumer", "slow"), ("reason", "unacknowledged")];
+    let stopped_looping = process
+        .wait_for_count(DEAD_LETTERED, &unacknowledged, 1, UNACKNOWLEDGED_TIMEOUT)
+        .await;
     let stopped = process.stop_cleanly().await?;
     let lines = stopped.log_lines();
     assert!(
@@ -342,6 +353,12 @@ async fn deadline_fires_before_consumer_timeout() -> anyhow::Result<()> {
         "the slow consumer was not subscribed again after the broker's timeout; stderr:\n{}",
         stopped.stderr
     );
+    if let Err(err) = stopped_looping {
+        panic!(
+            "the slow consumer's event was not dead-lettered as unacknowledged: {err:#}; stderr:\n{}",
+            stopped.stderr
+        );
+    }
 
     let calls: Vec<u32> = stopped
         .chaos_calls()

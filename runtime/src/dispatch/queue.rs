@@ -2,8 +2,10 @@
 //! through the queue's retry queue, dead letters published to the queue's
 //! dead-letter exchange.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -33,6 +35,7 @@ pub(super) async fn run(
     shutdown: CancellationToken,
 ) {
     let check = format!("consumer:{}", consumer.name);
+    let unacknowledged = Arc::new(Unacknowledged::default());
     let mut failures = 0u32;
     loop {
         if !wait_for_handler(&consumer, &mut handler, &services, &shutdown).await {
@@ -69,7 +72,13 @@ pub(super) async fn run(
         tracing::info!(consumer = %consumer.name, queue = %queue.queue, "consumer started");
 
         let ended = consume(
-            &consumer, &queue, deliveries, &handler, &services, &shutdown,
+            &consumer,
+            &queue,
+            deliveries,
+            &handler,
+            &services,
+            &unacknowledged,
+            &shutdown,
         )
         .await;
         if ended == StreamEnd::Shutdown {
@@ -137,6 +146,73 @@ enum StreamEnd {
     Ended,
 }
 
+/// How many entries [`Unacknowledged`] keeps; the oldest goes first.
+const UNACKNOWLEDGED_CAPACITY: usize = 10_000;
+
+/// Handler calls whose delivery the broker did not take the
+/// acknowledgement of, by message.
+///
+/// When the broker closes a channel before a call ends (RabbitMQ's
+/// `consumer_timeout`, a lost connection), the acknowledgement fails and the
+/// message comes back without the attempt count of a retry. Counting those
+/// calls here keeps such a message from being handled forever: once they
+/// reach `max_attempts`, the message is dead-lettered without another call.
+/// The count lives as long as the consumer, so it survives the new channel.
+#[derive(Default)]
+struct Unacknowledged {
+    calls: Mutex<Calls>,
+}
+
+#[derive(Default)]
+struct Calls {
+    by_message: HashMap<String, u32>,
+    oldest_first: VecDeque<String>,
+}
+
+impl Unacknowledged {
+    fn get(&self, key: &str) -> u32 {
+        let calls = self.calls.lock().expect("lock is never poisoned");
+        calls.by_message.get(key).copied().unwrap_or(0)
+    }
+
+    /// Counts one more call whose acknowledgement failed.
+    fn add(&self, key: &str) {
+        let mut calls = self.calls.lock().expect("lock is never poisoned");
+        if let Some(count) = calls.by_message.get_mut(key) {
+            *count += 1;
+            return;
+        }
+        if calls.oldest_first.len() >= UNACKNOWLEDGED_CAPACITY
+            && let Some(oldest) = calls.oldest_first.pop_front()
+        {
+            calls.by_message.remove(&oldest);
+        }
+        calls.by_message.insert(key.to_owned(), 1);
+        calls.oldest_first.push_back(key.to_owned());
+    }
+
+    fn remove(&self, key: &str) {
+        let mut calls = self.calls.lock().expect("lock is never poisoned");
+        if calls.by_message.remove(key).is_some() {
+            calls.oldest_first.retain(|entry| entry != key);
+        }
+    }
+}
+
+/// The key of a message in [`Unacknowledged`]: its message id, or for a
+/// message without one a hash of its routing key and body.
+fn message_key(message: &Message) -> String {
+    match &message.message_id {
+        Some(id) => format!("id:{id}"),
+        None => {
+            let mut hasher = DefaultHasher::new();
+            message.routing_key.hash(&mut hasher);
+            message.body.hash(&mut hasher);
+            format!("hash:{:016x}", hasher.finish())
+        }
+    }
+}
+
 /// Handles deliveries with at most `concurrency` at once, until the stream
 /// ends or shutdown; always waits for the calls already started.
 async fn consume(
@@ -145,6 +221,7 @@ async fn consume(
     mut deliveries: crate::broker::Deliveries,
     handler: &watch::Receiver<Option<LoadedHandler>>,
     services: &Services,
+    unacknowledged: &Arc<Unacknowledged>,
     shutdown: &CancellationToken,
 ) -> StreamEnd {
     let permits = Arc::new(Semaphore::new(consumer.concurrency.max(1) as usize));
@@ -184,11 +261,20 @@ async fn consume(
         let queue = queue.clone();
         let services = services.clone();
         let unsettled = unsettled.clone();
+        let unacknowledged = unacknowledged.clone();
         unsettled.add(1);
         let handling = async move {
             metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
                 .increment(1.0);
-            process(&consumer, &queue, &services, &loaded, delivery).await;
+            process(
+                &consumer,
+                &queue,
+                &services,
+                &loaded,
+                &unacknowledged,
+                delivery,
+            )
+            .await;
             metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
                 .decrement(1.0);
             unsettled.sub(1);
@@ -208,18 +294,38 @@ async fn process(
     queue: &QueueInput,
     services: &Services,
     handler: &LoadedHandler,
+    unacknowledged: &Unacknowledged,
     mut delivery: Delivery,
 ) {
-    let previous = delivery
+    let counted = delivery
         .message
         .headers
         .get(ATTEMPT_HEADER)
         .and_then(HeaderValue::as_int)
         .unwrap_or(0);
-    let previous = u32::try_from(previous.max(0)).unwrap_or(u32::MAX);
+    let counted = u32::try_from(counted.max(0)).unwrap_or(u32::MAX);
     if let Some(key) = delivery.message.headers.get(ROUTING_KEY_HEADER) {
         delivery.message.routing_key = key.to_text();
     }
+    let key = message_key(&delivery.message);
+    let unfinished = unacknowledged.get(&key);
+    if unfinished >= consumer.retry.max_attempts {
+        let reason = format!(
+            "handled {unfinished} times without the broker taking the acknowledgement; \
+             the broker closed the channel first, as RabbitMQ does after `consumer_timeout`. \
+             Set the consumer's `limits.timeout` below the broker's `consumer_timeout`"
+        );
+        let disposition = Disposition::DeadLetter {
+            reason,
+            label: "unacknowledged",
+            attempt: unfinished,
+        };
+        if settle(consumer, queue, delivery, disposition).await {
+            unacknowledged.remove(&key);
+        }
+        return;
+    }
+    let previous = counted.max(unfinished);
 
     let disposition = match decide(consumer, services, handler, &delivery.message, previous).await {
         Ok(disposition) => disposition,
@@ -243,18 +349,24 @@ async fn process(
         }
         other => other,
     };
-    settle(consumer, queue, delivery, disposition).await;
+    if settle(consumer, queue, delivery, disposition).await {
+        unacknowledged.remove(&key);
+    } else {
+        unacknowledged.add(&key);
+    }
 }
 
 /// Acknowledges, schedules a retry or dead-letters a delivery. A message is
 /// acknowledged only after its copy in the retry queue or dead-letter
 /// exchange was confirmed, so it is never lost between the two.
+///
+/// Returns whether the broker took the acknowledgement.
 async fn settle(
     consumer: &Consumer,
     queue: &QueueInput,
     delivery: Delivery,
     disposition: Disposition,
-) {
+) -> bool {
     let name = consumer.name.to_string();
     let result = match disposition {
         Disposition::Ack => {
@@ -290,10 +402,14 @@ async fn settle(
             attempt,
         } => dead_letter(consumer, queue, delivery, reason, label, attempt).await,
     };
-    if let Err(err) = result {
-        // The broker redelivers an unacknowledged message, so at worst the
-        // event is handled again.
-        tracing::warn!(error = %err, "cannot acknowledge delivery");
+    match result {
+        Ok(()) => true,
+        Err(err) => {
+            // The broker redelivers an unacknowledged message, so at worst
+            // the event is handled again.
+            tracing::warn!(error = %err, "cannot acknowledge delivery");
+            false
+        }
     }
 }
 
@@ -337,5 +453,48 @@ async fn dead_letter(
                 "cannot publish dead letter; rejecting to the queue's dead-letter exchange");
             delivery.reject(false).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unacknowledged_counts_until_removed() {
+        let calls = Unacknowledged::default();
+        assert_eq!(calls.get("id:a"), 0);
+        calls.add("id:a");
+        calls.add("id:a");
+        calls.add("id:b");
+        assert_eq!((calls.get("id:a"), calls.get("id:b")), (2, 1));
+        calls.remove("id:a");
+        assert_eq!((calls.get("id:a"), calls.get("id:b")), (0, 1));
+    }
+
+    #[test]
+    fn unacknowledged_forgets_the_oldest_when_full() {
+        let calls = Unacknowledged::default();
+        for n in 0..=UNACKNOWLEDGED_CAPACITY {
+            calls.add(&format!("id:{n}"));
+        }
+        assert_eq!(calls.get("id:0"), 0, "the oldest entry is forgotten");
+        assert_eq!(calls.get("id:1"), 1);
+        assert_eq!(calls.get(&format!("id:{UNACKNOWLEDGED_CAPACITY}")), 1);
+    }
+
+    #[test]
+    fn message_key_prefers_the_message_id() {
+        let mut message = Message {
+            routing_key: "order.placed".into(),
+            body: bytes::Bytes::from_static(b"{}"),
+            ..Message::default()
+        };
+        let by_content = message_key(&message);
+        assert!(by_content.starts_with("hash:"), "{by_content}");
+        message.routing_key = "order.paid".into();
+        assert_ne!(message_key(&message), by_content);
+        message.message_id = Some("e-1".into());
+        assert_eq!(message_key(&message), "id:e-1");
     }
 }
