@@ -514,48 +514,59 @@ fn expand_variables(
     lookup: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) {
-    let mut expand_one = |raw: &str, file: usize, span: Option<std::ops::Range<usize>>| {
-        let at = |problem: Problem| match span.clone() {
-            Some(span) => problem.at(file, span),
-            None => problem.in_file(file),
-        };
-        match expand(raw, lookup) {
-            Ok((value, missing)) => {
-                for variable in missing {
-                    let problem = match purpose {
-                        Purpose::Check => Problem::warning(
-                            "undefined-variable",
-                            format!("environment variable `{}` is not set", variable.name),
-                        ),
-                        Purpose::Run => Problem::error(
-                            "undefined-variable",
-                            format!("environment variable `{}` is not set", variable.name),
-                        ),
-                    };
-                    problems.push(at(problem.hint(format!(
-                        "set `{name}` or give a default: `${{{name}:-value}}`",
-                        name = variable.name
-                    ))));
+    // `secret` is true for a credential's token or key, whose hint leaves
+    // out the default because a default would be accepted whenever the
+    // variable is unset.
+    let mut expand_one =
+        |raw: &str, file: usize, span: Option<std::ops::Range<usize>>, secret: bool| {
+            let at = |problem: Problem| match span.clone() {
+                Some(span) => problem.at(file, span),
+                None => problem.in_file(file),
+            };
+            match expand(raw, lookup) {
+                Ok((value, missing)) => {
+                    for variable in missing {
+                        let problem = match purpose {
+                            Purpose::Check => Problem::warning(
+                                "undefined-variable",
+                                format!("environment variable `{}` is not set", variable.name),
+                            ),
+                            Purpose::Run => Problem::error(
+                                "undefined-variable",
+                                format!("environment variable `{}` is not set", variable.name),
+                            ),
+                        };
+                        let hint = if secret {
+                            format!("set `{}` to the secret", variable.name)
+                        } else {
+                            format!(
+                                "set `{name}` or give a default: `${{{name}:-value}}`",
+                                name = variable.name
+                            )
+                        };
+                        problems.push(at(problem.hint(hint)));
+                    }
+                    Some(value)
                 }
-                Some(value)
+                Err(message) => {
+                    problems.push(at(Problem::error("invalid-interpolation", message)));
+                    None
+                }
             }
-            Err(message) => {
-                problems.push(at(Problem::error("invalid-interpolation", message)));
-                None
-            }
-        }
-    };
+        };
 
     for (name, entry) in &manifest.brokers {
         let address = entry.def.url.as_ref().or(entry.def.bootstrap.as_ref());
         if let Some(address) = address
-            && let Some(value) = expand_one(address.get_ref(), entry.file, Some(address.span()))
+            && let Some(value) =
+                expand_one(address.get_ref(), entry.file, Some(address.span()), false)
         {
             manifest.broker_urls.insert(name.clone(), value);
         }
         let mut options = BTreeMap::new();
         for (key, value) in &entry.def.options {
-            if let Some(value) = expand_one(value.get_ref(), entry.file, Some(value.span())) {
+            if let Some(value) = expand_one(value.get_ref(), entry.file, Some(value.span()), false)
+            {
                 options.insert(key.clone(), value);
             }
         }
@@ -564,20 +575,20 @@ fn expand_variables(
     if let (Some(listen), Some((file, span))) =
         (manifest.listen.clone(), manifest.listen_at.clone())
     {
-        manifest.listen = expand_one(&listen, file, Some(span));
+        manifest.listen = expand_one(&listen, file, Some(span), false);
     }
     if let (Some(listen), Some((file, span))) = (
         manifest.admin_listen.clone(),
         manifest.admin_listen_at.clone(),
     ) {
-        manifest.admin_listen = expand_one(&listen, file, Some(span));
+        manifest.admin_listen = expand_one(&listen, file, Some(span), false);
     }
     let mut secrets = Vec::new();
     for (name, entry) in &manifest.credentials {
         let Some(value) = entry.def.secret() else {
             continue;
         };
-        if let Some(secret) = expand_one(value.get_ref(), entry.file, Some(value.span())) {
+        if let Some(secret) = expand_one(value.get_ref(), entry.file, Some(value.span()), true) {
             secrets.push((name.clone(), entry.file, value, secret));
         }
     }

@@ -195,6 +195,8 @@ fn missing_token_variable_is_error_when_running() {
         loaded.render()
     );
     assert!(loaded.has_errors());
+    let hint = loaded.problems[0].hint.as_deref().unwrap_or_default();
+    assert_eq!(hint, "set `ORDERS_TOKEN` to the secret");
 }
 
 #[test]
