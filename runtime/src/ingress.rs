@@ -200,7 +200,7 @@ async fn accept(state: &Ingress, producer: &Producer, request: Request) -> Resul
             None,
         ));
     }
-    let body = read_body(state, request).await?;
+    let body = read_body(state, producer, request).await?;
     let depth_limit = state.limits.json_depth;
     if nesting_exceeds(&body, depth_limit) {
         return Err(too_deep(depth_limit));
@@ -312,11 +312,17 @@ fn authenticate(state: &Ingress, producer: &Producer, headers: &HeaderMap) -> Op
 }
 
 /// Reads the body within the body timeout and size limit.
-async fn read_body(state: &Ingress, request: Request) -> Result<Bytes, Response> {
+async fn read_body(
+    state: &Ingress,
+    producer: &Producer,
+    request: Request,
+) -> Result<Bytes, Response> {
     let timeout = state.limits.body_timeout;
     let body = match tokio::time::timeout(timeout, Bytes::from_request(request, &())).await {
         Ok(body) => body,
         Err(_) => {
+            tracing::debug!(producer = %producer.name, ?timeout,
+                "request rejected: the body did not arrive within runtime.body_timeout");
             let mut response = problem(
                 StatusCode::REQUEST_TIMEOUT,
                 "Request Timeout",
