@@ -26,6 +26,9 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// `header_timeout` is closed without a response. hyper starts that clock
 /// when the connection opens and again after each response, so it also
 /// closes a kept-alive connection that stays idle that long.
+///
+/// NOTE: hyper 1.13 has no write timeout, so a client that stops reading
+/// its responses keeps its connection, and shutdown waits for it.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
