@@ -145,6 +145,11 @@ fn case_reports_its_own_code() {
         ("invalid-toml", &["invalid-toml"][..]),
         ("invalid-type", &["invalid-value"][..]),
         ("literal-password", &["literal-password"][..]),
+        // A literal bearer token, and an API key with a default.
+        (
+            "literal-token",
+            &["literal-password", "literal-password"][..],
+        ),
         (
             "missing-dead-letter",
             // Without it, no queue dead-letters to `dlx`, so the queue bound
@@ -157,6 +162,16 @@ fn case_reports_its_own_code() {
         ("schema-not-found", &["schema-not-found"][..]),
         ("schema-ref-unresolved", &["schema-ref-unresolved"][..]),
         ("undefined-broker", &["undefined-broker"][..]),
+        (
+            "undefined-credential",
+            // `check` runs without environment, so the token's variable is
+            // unset, and the credential that is defined is accepted nowhere.
+            &[
+                "undefined-variable",
+                "undefined-credential",
+                "unused-credential",
+            ][..],
+        ),
         ("undefined-event", &["undefined-event"][..]),
         ("undefined-exchange", &["undefined-exchange"][..]),
         ("undefined-queue", &["undefined-queue"][..]),

@@ -12,7 +12,7 @@ use serde_json::Value;
 use switchyard_tests::shop::{self, DEAD_LETTERED, HANDLED};
 use switchyard_tests::{
     BrokerLink, BrokerMode, ChaosConsumer, LogLine, Switchyard, chaos_manifest, component, poll,
-    rabbitmq, rabbitmqctl, serial, shop_manifest,
+    rabbitmq, rabbitmqctl, serial, shop_manifest, unique_suffix,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -348,13 +348,4 @@ async fn broker_password_never_logged() -> anyhow::Result<()> {
         .collect();
     assert!(leaked.is_empty(), "wrong password in the log: {leaked:#?}");
     Ok(())
-}
-
-/// Returns hex digits that differ from run to run and process to process.
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("{nanos:x}{:x}", std::process::id())
 }

@@ -87,6 +87,11 @@ struct UpArgs {
     /// manifest's `runtime.listen`, else 127.0.0.1:3000].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// HTTP address for `/healthz`, `/readyz` and `/metrics`, which the
+    /// `--listen` address then no longer serves [default: the manifest's
+    /// `runtime.admin_listen`, else the `--listen` address].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -168,6 +173,7 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         manifests: args.manifests,
         embedded: args.embedded,
         listen: args.listen,
+        admin_listen: args.admin_listen,
     }));
     keep_until_exit(runtime);
     result.map(|()| ExitCode::SUCCESS)

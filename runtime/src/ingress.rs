@@ -3,17 +3,24 @@
 //!
 //! Errors are `application/problem+json` documents (RFC 9457).
 
+pub mod auth;
+mod server;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, on};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
+
+pub use auth::{Credential, Credentials, Scheme};
+pub use server::serve;
 
 use crate::dispatch::{PublishError, Publisher};
 use crate::event::{Event, is_json_content_type};
@@ -35,6 +42,9 @@ pub struct Producer {
     pub id_field: Option<String>,
     /// CloudEvents `source` of the events it publishes.
     pub source: String,
+    /// Names of the credentials it accepts, or `None` when it accepts
+    /// requests without credentials.
+    pub accepted_credentials: Option<Vec<String>>,
 }
 
 /// State shared by the HTTP handlers.
@@ -44,17 +54,35 @@ pub struct Ingress {
     pub schemas: Schemas,
     pub readiness: Readiness,
     pub metrics: Option<PrometheusHandle>,
-    pub body_limit: usize,
+    pub limits: RequestLimits,
+    pub credentials: Arc<Credentials>,
+    /// `realm` of the `WWW-Authenticate` challenges: the system's name.
+    pub realm: String,
 }
 
-/// Builds the router: one route per producer plus the runtime's endpoints.
-pub fn router(ingress: Ingress, producers: Vec<Producer>) -> Router {
-    let body_limit = ingress.body_limit;
+/// Limits on producer requests.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    /// Largest body in bytes: `runtime.body_limit`.
+    pub body: usize,
+    /// Deepest nesting of arrays and objects: `runtime.json_depth_limit`.
+    pub json_depth: usize,
+    /// Time to receive the body once the headers arrived:
+    /// `runtime.body_timeout`.
+    pub body_timeout: Duration,
+}
+
+/// Builds the router of the producers. It serves the probes and
+/// `/metrics` too, unless `admin_separate` is true because they have a
+/// server of their own (see [`admin_router`]).
+pub fn router(ingress: Ingress, producers: Vec<Producer>, admin_separate: bool) -> Router {
+    let body_limit = ingress.limits.body;
     let state = Arc::new(ingress);
-    let mut router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics));
+    let mut router = if admin_separate {
+        Router::new()
+    } else {
+        admin_routes()
+    };
     for producer in producers {
         let path = producer.path.clone();
         let method = producer.method.clone();
@@ -62,11 +90,9 @@ pub fn router(ingress: Ingress, producers: Vec<Producer>) -> Router {
         let route: MethodRouter<Arc<Ingress>> = on(
             axum::routing::MethodFilter::try_from(method)
                 .unwrap_or(axum::routing::MethodFilter::POST),
-            move |State(state): State<Arc<Ingress>>,
-                  headers: HeaderMap,
-                  body: Result<Bytes, BytesRejection>| {
+            move |State(state): State<Arc<Ingress>>, request: Request| {
                 let producer = producer.clone();
-                async move { produce(&state, &producer, &headers, body).await }
+                async move { produce(&state, &producer, request).await }
             },
         );
         router = router.route(&path, route);
@@ -75,6 +101,21 @@ pub fn router(ingress: Ingress, producers: Vec<Producer>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Builds the router of the admin server: `/healthz`, `/readyz` and
+/// `/metrics` alone.
+pub fn admin_router(ingress: Ingress) -> Router {
+    admin_routes()
+        .fallback(not_found)
+        .with_state(Arc::new(ingress))
+}
+
+fn admin_routes() -> Router<Arc<Ingress>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -115,14 +156,10 @@ async fn not_found() -> Response {
     )
 }
 
-/// Handles one producer request: checks, envelope, validation, confirmed publish.
-async fn produce(
-    state: &Ingress,
-    producer: &Producer,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let response = match accept(state, producer, headers, body).await {
+/// Handles one producer request: credentials, checks, envelope, validation,
+/// confirmed publish.
+async fn produce(state: &Ingress, producer: &Producer, request: Request) -> Response {
+    let response = match accept(state, producer, request).await {
         Ok(event) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "id": event.id, "type": event.event_type })),
@@ -141,12 +178,14 @@ async fn produce(
     response
 }
 
-async fn accept(
-    state: &Ingress,
-    producer: &Producer,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Event, Response> {
+async fn accept(state: &Ingress, producer: &Producer, request: Request) -> Result<Event, Response> {
+    // Credentials first, so that a client without them learns nothing
+    // more about the endpoint and the server reads no body for it.
+    let headers = request.headers().clone();
+    let headers = &headers;
+    if let Some(rejection) = authenticate(state, producer, headers) {
+        return Err(rejection);
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -161,37 +200,16 @@ async fn accept(
             None,
         ));
     }
-    let body = body.map_err(|rejection| {
-        let status = rejection.status();
-        let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!(
-                "body is larger than the limit of {} bytes",
-                state.body_limit
-            )
-        } else {
-            rejection.body_text()
-        };
-        let mut response = problem(
-            status,
-            status.canonical_reason().unwrap_or("Bad Request"),
-            &detail,
-            None,
-        );
-        // The unread rest of the body is still on the connection, so the
-        // server closes it. The header tells keep-alive clients not to reuse it.
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        response
-    })?;
+    let body = read_body(state, producer, request).await?;
+    let depth_limit = state.limits.json_depth;
+    if nesting_exceeds(&body, depth_limit) {
+        return Err(too_deep(depth_limit));
+    }
     let mut data: Value = serde_json::from_slice(&body).map_err(|err| {
+        // serde_json stops at 128 levels, above the largest depth limit,
+        // so this only happens when the limits change.
         if err.to_string().contains("recursion limit") {
-            problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Unprocessable Content",
-                "JSON nesting is deeper than the limit of 128 levels",
-                None,
-            )
+            too_deep(depth_limit)
         } else {
             problem(
                 StatusCode::BAD_REQUEST,
@@ -239,6 +257,168 @@ async fn accept(
     Ok(event)
 }
 
+/// Checks the request's credentials when the producer requires them, and
+/// returns the 401 or 403 response for a request that fails the check.
+fn authenticate(state: &Ingress, producer: &Producer, headers: &HeaderMap) -> Option<Response> {
+    let accepted = producer.accepted_credentials.as_ref()?;
+    let verdict = state.credentials.check(accepted, headers);
+    let (status, title, detail) = match &verdict {
+        auth::Verdict::Accepted { .. } => return None,
+        auth::Verdict::NotAccepted { credential } => {
+            tracing::debug!(producer = %producer.name, %credential,
+                "request rejected: valid credential that this producer does not accept");
+            (
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "the credential is valid, but producer `{}` does not accept it",
+                    producer.name
+                ),
+            )
+        }
+        auth::Verdict::Invalid { .. } => {
+            tracing::debug!(producer = %producer.name, "request rejected: invalid credentials");
+            (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "the credentials are invalid; send a valid bearer token or API key".to_owned(),
+            )
+        }
+        auth::Verdict::Missing => {
+            tracing::debug!(producer = %producer.name, "request rejected: no credentials");
+            (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                format!(
+                    "producer `{}` requires credentials; the `WWW-Authenticate` header says which",
+                    producer.name
+                ),
+            )
+        }
+    };
+    let mut response = problem(status, title, &detail, None);
+    let headers = response.headers_mut();
+    if status == StatusCode::UNAUTHORIZED {
+        for challenge in state
+            .credentials
+            .challenges(accepted, &state.realm, &verdict)
+        {
+            headers.append(header::WWW_AUTHENTICATE, challenge);
+        }
+    }
+    // The body was not read, so the connection cannot carry another request.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(response)
+}
+
+/// Reads the body within the body timeout and size limit.
+async fn read_body(
+    state: &Ingress,
+    producer: &Producer,
+    request: Request,
+) -> Result<Bytes, Response> {
+    let timeout = state.limits.body_timeout;
+    let body = match tokio::time::timeout(timeout, Bytes::from_request(request, &())).await {
+        Ok(body) => body,
+        Err(_) => {
+            tracing::debug!(producer = %producer.name, ?timeout,
+                "request rejected: the body did not arrive within runtime.body_timeout");
+            let mut response = problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request Timeout",
+                &format!(
+                    "the body did not arrive within {}; send it faster, or raise `runtime.body_timeout`",
+                    humantime::format_duration(timeout)
+                ),
+                None,
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(response);
+        }
+    };
+    body.map_err(|rejection: BytesRejection| {
+        let status = rejection.status();
+        let mut response = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            let limit = state.limits.body;
+            let mut body = problem_body(
+                status,
+                "Content Too Large",
+                &format!(
+                    "body is larger than the limit of {limit} bytes; raise `runtime.body_limit` to accept larger bodies"
+                ),
+            );
+            body["limit"] = json!(limit);
+            body["setting"] = json!("runtime.body_limit");
+            problem_response(status, &body)
+        } else {
+            problem(
+                status,
+                status.canonical_reason().unwrap_or("Bad Request"),
+                &rejection.body_text(),
+                None,
+            )
+        };
+        // The unread rest of the body is still on the connection, so the
+        // server closes it. The header tells keep-alive clients not to reuse it.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    })
+}
+
+/// Returns whether the arrays and objects in a JSON text nest deeper than
+/// `limit` levels. Brackets inside strings do not count. The text need not
+/// be valid JSON: the parser reports other faults afterwards.
+fn nesting_exceeds(text: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Returns the 422 for a body nested deeper than `limit` levels. Besides the
+/// standard members, it names the limit and the setting that raises it.
+fn too_deep(limit: usize) -> Response {
+    let status = StatusCode::UNPROCESSABLE_ENTITY;
+    let mut body = problem_body(
+        status,
+        "Unprocessable Content",
+        &format!(
+            "JSON nesting is deeper than the limit of {limit} levels; raise `runtime.json_depth_limit` (at most {}) to accept deeper bodies",
+            crate::manifest::MAX_JSON_DEPTH_LIMIT
+        ),
+    );
+    body["limit"] = json!(limit);
+    body["setting"] = json!("runtime.json_depth_limit");
+    problem_response(status, &body)
+}
+
 /// Puts the trace context of the request on the event: a child of the
 /// request's valid `traceparent` with its `tracestate`, else a new trace.
 fn attach_trace_context(event: &mut Event, headers: &HeaderMap) {
@@ -276,21 +456,65 @@ fn unavailable(detail: &str) -> Response {
     response
 }
 
-/// Builds an RFC 9457 problem response.
+/// Builds an RFC 9457 problem response, with `errors` when given.
 fn problem(status: StatusCode, title: &str, detail: &str, errors: Option<Value>) -> Response {
-    let mut body = json!({
+    let mut body = problem_body(status, title, detail);
+    if let Some(errors) = errors {
+        body["errors"] = errors;
+    }
+    problem_response(status, &body)
+}
+
+/// Returns the standard members of an RFC 9457 problem document.
+fn problem_body(status: StatusCode, title: &str, detail: &str) -> Value {
+    json!({
         "type": "about:blank",
         "title": title,
         "status": status.as_u16(),
         "detail": detail,
-    });
-    if let Some(errors) = errors {
-        body["errors"] = errors;
-    }
+    })
+}
+
+fn problem_response(status: StatusCode, body: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/problem+json")],
         body.to_string(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_exceeds;
+
+    #[test]
+    fn nesting_counted_outside_strings() {
+        let cases: [(&str, usize, bool); 8] = [
+            ("{}", 1, false),
+            ("{\"a\": [1]}", 1, true),
+            ("{\"a\": [1]}", 2, false),
+            ("[[[]]]", 2, true),
+            ("[[], [], []]", 2, false),
+            ("{\"a\": \"[[[[\"}", 1, false),
+            ("{\"a\": \"\\\"[[\"}", 1, false),
+            ("\"text\"", 1, false),
+        ];
+        for (text, limit, expected) in cases {
+            assert_eq!(
+                nesting_exceeds(text.as_bytes(), limit),
+                expected,
+                "{text} with limit {limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn serde_json_reads_deepest_allowed_body() {
+        let limit = crate::manifest::MAX_JSON_DEPTH_LIMIT as usize;
+        let body = format!("{}{}", "[".repeat(limit), "]".repeat(limit));
+        assert!(!nesting_exceeds(body.as_bytes(), limit));
+        let parsed = serde_json::from_str::<serde_json::Value>(&body);
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
 }

@@ -19,7 +19,7 @@ use crate::dispatch::{
 };
 use crate::event::WireFormat;
 use crate::handler::{CallContext, Grants, HandlerHost, Limits};
-use crate::ingress::{self, Ingress, Producer};
+use crate::ingress::{self, Credential, Credentials, Ingress, Producer, RequestLimits, Scheme};
 use crate::manifest::{self, BrokerKind, Encoding, Manifest, Purpose};
 use crate::reload::{self, Slots};
 use crate::schema::Schemas;
@@ -35,6 +35,9 @@ pub struct UpOptions {
     /// Replace every broker with the in-process embedded broker.
     pub embedded: bool,
     pub listen: Option<String>,
+    /// Address of the server for the probes and `/metrics`; `None` serves
+    /// them on `listen` unless the manifest sets `runtime.admin_listen`.
+    pub admin_listen: Option<String>,
 }
 
 /// Loads the manifests and their schemas for running, or fails with every
@@ -114,27 +117,70 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         .clone()
         .or_else(|| manifest.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let address: SocketAddr = listen.parse().with_context(|| {
-        format!("invalid listen address `{listen}`; write an IP address and port such as `127.0.0.1:3000`")
-    })?;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on `{address}`; is another process using it?"))?;
+    let address = parse_address(&listen, "listen", "127.0.0.1:3000")?;
+    let admin_listen = options
+        .admin_listen
+        .clone()
+        .or_else(|| manifest.admin_listen.clone());
+    let admin_address = admin_listen
+        .as_deref()
+        .map(|admin| parse_address(admin, "admin listen", "127.0.0.1:9090"))
+        .transpose()?;
+    if admin_address == Some(address) {
+        bail!(
+            "the admin listen address and the listen address are both `{address}`; give the admin server its own port, or leave `runtime.admin_listen` and `--admin-listen` out to serve everything on one"
+        );
+    }
+    let listener = bind(address).await?;
+    let admin_listener = match admin_address {
+        Some(admin) => Some(bind(admin).await?),
+        None => None,
+    };
     let ingress = Ingress {
         publisher,
         schemas,
         readiness: readiness.clone(),
         metrics: Some(metrics),
-        body_limit: usize::try_from(manifest.body_limit).unwrap_or(usize::MAX),
+        limits: RequestLimits {
+            body: usize::try_from(manifest.body_limit).unwrap_or(usize::MAX),
+            json_depth: usize::try_from(manifest.json_depth_limit).unwrap_or(usize::MAX),
+            body_timeout: manifest.body_timeout,
+        },
+        credentials: Arc::new(credentials(&manifest)?),
+        realm: manifest.name.clone(),
     };
-    let app = ingress::router(ingress, producers(&manifest)?);
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-    });
-    tracing::info!(%address, manifests = ?options.manifests, embedded = options.embedded, "switchyard listening");
+    let app = ingress::router(
+        ingress.clone(),
+        producers(&manifest)?,
+        admin_address.is_some(),
+    );
+    let header_timeout = manifest.header_timeout;
+    let mut http = tokio::task::JoinSet::new();
+    http.spawn(ingress::serve(
+        listener,
+        app,
+        header_timeout,
+        shutdown.clone(),
+    ));
+    if let Some(admin_listener) = admin_listener {
+        let admin = ingress::admin_router(ingress);
+        http.spawn(ingress::serve(
+            admin_listener,
+            admin,
+            header_timeout,
+            shutdown.clone(),
+        ));
+    }
+    match admin_address {
+        Some(admin_address) => {
+            tracing::info!(%address, %admin_address, manifests = ?options.manifests,
+            embedded = options.embedded, "switchyard listening; probes and metrics on the admin address")
+        }
+        None => {
+            tracing::info!(%address, manifests = ?options.manifests, embedded = options.embedded,
+            "switchyard listening")
+        }
+    }
 
     // Each broker connects, provisions its topology and then starts its
     // consumers, independently of the others.
@@ -200,12 +246,53 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             "drain timeout passed with events in flight; they stay unacknowledged and the broker redelivers them");
     }
     loading.abort();
-    let _ = http.await;
+    while http.join_next().await.is_some() {}
     if let Some(message) = failure {
         bail!("{message}");
     }
     tracing::info!("switchyard stopped");
     Ok(())
+}
+
+/// Parses the address of `setting`, such as `listen`; the error shows
+/// `example`, a valid address.
+fn parse_address(text: &str, setting: &str, example: &str) -> anyhow::Result<SocketAddr> {
+    text.parse().with_context(|| {
+        format!(
+            "invalid {setting} address `{text}`; write an IP address and port such as `{example}`"
+        )
+    })
+}
+
+async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on `{address}`; is another process using it?"))
+}
+
+/// Returns the manifests' credentials with their expanded secrets.
+fn credentials(manifest: &Manifest) -> anyhow::Result<Credentials> {
+    let mut credentials = Vec::new();
+    for (name, entry) in &manifest.credentials {
+        let secret = manifest.credential_secrets.get(name).with_context(|| {
+            format!("credential `{name}` has no value; set the variable it names")
+        })?;
+        let scheme = if entry.def.bearer.is_some() {
+            Scheme::Bearer
+        } else {
+            let header = entry
+                .def
+                .header
+                .as_ref()
+                .map_or(manifest::DEFAULT_API_KEY_HEADER, |header| header.get_ref());
+            let header = header.parse().with_context(|| {
+                format!("the `header` of credential `{name}` is not a valid HTTP header name")
+            })?;
+            Scheme::ApiKey(header)
+        };
+        credentials.push(Credential::new(name, scheme, secret));
+    }
+    Ok(Credentials::new(credentials))
 }
 
 /// Connects to every broker once and compares its topology with the
@@ -638,6 +725,15 @@ fn producers(manifest: &Manifest) -> anyhow::Result<Vec<Producer>> {
             event_type: entry.def.event.get_ref().clone(),
             id_field: entry.def.id_field.clone(),
             source: format!("/{}/{name}", manifest.name),
+            accepted_credentials: match manifest.producer_auth(name) {
+                manifest::AuthDef::None => None,
+                manifest::AuthDef::Credentials(names) => Some(
+                    names
+                        .iter()
+                        .map(|credential| credential.get_ref().clone())
+                        .collect(),
+                ),
+            },
         });
     }
     Ok(producers)

@@ -27,7 +27,7 @@ pub use logs::{ChaosCall, LogLine};
 pub use manifests::{ChaosConsumer, chaos_manifest, queues_only_manifest};
 pub use metrics::Metrics;
 pub use outage::BrokerLink;
-pub use process::{BrokerMode, Stopped, Switchyard, poll};
+pub use process::{BrokerMode, RunOptions, Stopped, Switchyard, free_loopback_address, poll};
 pub use rabbitmq::{RabbitMq, ReceivedMessage, rabbitmq, rabbitmqctl};
 
 /// Returns the repository root (the workspace folder).
@@ -59,6 +59,15 @@ pub fn component(relative: &str) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// Returns hex digits that differ from run to run and process to process.
+pub fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{nanos:x}{:x}", std::process::id())
 }
 
 /// Serialises the tests of one test binary.

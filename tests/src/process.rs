@@ -54,10 +54,28 @@ impl BrokerMode {
     }
 }
 
+/// Settings of a `switchyard up` run besides its manifests and broker.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Environment variables, such as `KAFKA_BOOTSTRAP`.
+    pub env: Vec<(String, String)>,
+    /// Arguments after the manifests, such as `--admin-listen ADDR`.
+    pub args: Vec<String>,
+    /// Address where the run serves `/healthz`, `/readyz` and `/metrics`,
+    /// when the manifest or `args` moves them off the `--listen` address.
+    pub admin_address: Option<SocketAddr>,
+    /// Headers sent with every request, such as `Authorization`.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The paths that an admin address serves instead of the `--listen` one.
+const ADMIN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
 /// A running `switchyard up`.
 pub struct Switchyard {
     child: Child,
     address: SocketAddr,
+    admin_address: Option<SocketAddr>,
     log_path: PathBuf,
     client: reqwest::Client,
 }
@@ -130,6 +148,24 @@ impl Switchyard {
         mode: BrokerMode,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        let options = RunOptions {
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+            ..RunOptions::default()
+        };
+        Switchyard::spawn_with_options(dir, manifests, mode, &options).await
+    }
+
+    /// Starts `switchyard up` with `options`, without waiting for
+    /// readiness.
+    pub async fn spawn_with_options(
+        dir: &Path,
+        manifests: &[PathBuf],
+        mode: BrokerMode,
+        options: &RunOptions,
+    ) -> anyhow::Result<Self> {
         static RUNS: AtomicU32 = AtomicU32::new(0);
         let run = RUNS.fetch_add(1, Ordering::Relaxed);
         let log_path = dir.join(format!("switchyard-{run}.stderr"));
@@ -143,6 +179,7 @@ impl Switchyard {
             .arg("up")
             .args(manifests)
             .args(["--listen", &address.to_string(), "--log-format", "json"])
+            .args(&options.args)
             .env(
                 "RUST_LOG",
                 std::env::var("SWITCHYARD_TEST_LOG").unwrap_or("info".into()),
@@ -151,7 +188,7 @@ impl Switchyard {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
-            .envs(env.iter().copied())
+            .envs(options.env.iter().map(|(name, value)| (name, value)))
             .kill_on_drop(true);
         match &mode {
             BrokerMode::RabbitMq => {
@@ -172,13 +209,22 @@ impl Switchyard {
         // A new connection per request: after a 413 the server closes the
         // connection without reading the body, and a pooled connection
         // would fail the next request.
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &options.headers {
+            headers.append(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes())?,
+                reqwest::header::HeaderValue::from_str(value)?,
+            );
+        }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(0)
+            .default_headers(headers)
             .build()?;
         Ok(Switchyard {
             child,
             address,
+            admin_address: options.admin_address,
             log_path,
             client,
         })
@@ -196,7 +242,7 @@ impl Switchyard {
                     self.stderr()
                 );
             }
-            match self.client.get(self.url("/readyz")).send().await {
+            match self.client.get(self.endpoint_url("/readyz")).send().await {
                 Ok(response) if response.status() == reqwest::StatusCode::OK => return Ok(()),
                 Ok(response) => {
                     let status = response.status();
@@ -217,9 +263,25 @@ impl Switchyard {
         format!("http://{}{path}", self.address)
     }
 
-    /// Sends a GET request.
+    /// Returns the process's `--listen` address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Returns the URL of a path on the address that serves it: the admin
+    /// address for the probes and `/metrics` when the run has one, else
+    /// the `--listen` address.
+    pub fn endpoint_url(&self, path: &str) -> String {
+        match self.admin_address {
+            Some(admin) if ADMIN_PATHS.contains(&path) => format!("http://{admin}{path}"),
+            _ => self.url(path),
+        }
+    }
+
+    /// Sends a GET request, to the admin address for the probes and
+    /// `/metrics` when the run has one.
     pub async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
-        let response = self.client.get(self.url(path)).send().await;
+        let response = self.client.get(self.endpoint_url(path)).send().await;
         response.with_context(|| format!("GET {path} failed"))
     }
 
@@ -453,7 +515,7 @@ where
 /// Returns a loopback address whose port was free a moment ago. Another
 /// process could take it before switchyard binds it; the bind error then
 /// names the address.
-fn free_loopback_address() -> anyhow::Result<SocketAddr> {
+pub fn free_loopback_address() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
     Ok(listener.local_addr()?)
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{BrokerKind, Entry, Manifest, Problem, Purpose, closest};
+use super::{AuthDef, BrokerKind, Entry, Manifest, Problem, Purpose, closest};
 
 /// RabbitMQ's default `consumer_timeout`: 1800000 ms on RabbitMQ 3.10.8.
 const RABBITMQ_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -23,6 +23,8 @@ pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut V
     events(manifest, problems);
     producers(manifest, problems);
     consumers(manifest, purpose, problems);
+    credentials(manifest, problems);
+    auth(manifest, problems);
     super::routes::routes(manifest, problems);
     literal_passwords(manifest, problems);
 }
@@ -77,6 +79,7 @@ fn undefined_code(kind: &str) -> &'static str {
         "queue" => "undefined-queue",
         "event" => "undefined-event",
         "topic" => "undefined-topic",
+        "credential" => "undefined-credential",
         _ => "undefined-reference",
     }
 }
@@ -618,10 +621,162 @@ fn consumer_queue(
     }
 }
 
+/// Reports a credential without exactly one secret, and a `header` that does
+/// not apply or is not a valid header name.
+fn credentials(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (name, entry) in &manifest.credentials {
+        let def = &entry.def;
+        match (&def.bearer, &def.api_key) {
+            (None, None) => problems.push(
+                Problem::error(
+                    "missing-key",
+                    format!("credential `{name}` has neither `bearer` nor `api_key`"),
+                )
+                .at_entry(entry)
+                .hint("add `bearer = \"${API_TOKEN}\"` or `api_key = \"${API_KEY}\"`"),
+            ),
+            (Some(_), Some(api_key)) => problems.push(
+                Problem::error(
+                    "ambiguous-credential",
+                    format!("credential `{name}` has both `bearer` and `api_key`"),
+                )
+                .at(entry.file, api_key.span())
+                .hint("a credential is one token or one key; define a second credential for the other"),
+            ),
+            _ => {}
+        }
+        let Some(header) = &def.header else {
+            continue;
+        };
+        if def.api_key.is_none() {
+            problems.push(
+                Problem::error(
+                    "unknown-key",
+                    format!(
+                        "`header` does not apply to credential `{name}`, which has no `api_key`"
+                    ),
+                )
+                .at(entry.file, header.span())
+                .hint("remove `header`: a bearer token always comes in `Authorization`"),
+            );
+        } else if !is_header_name(header.get_ref()) {
+            problems.push(
+                Problem::error(
+                    "invalid-value",
+                    format!(
+                        "`{}` in credential `{name}` is not a valid HTTP header name",
+                        header.get_ref()
+                    ),
+                )
+                .at(entry.file, header.span())
+                .hint("use letters, digits and `-`, such as `X-Api-Key`"),
+            );
+        }
+    }
+}
+
+/// Returns whether `name` is an HTTP field name: a non-empty RFC 9110 token.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Reports an `auth` that names an undefined credential or accepts nothing,
+/// and warns about a credential that no producer accepts.
+fn auth(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    let mut settings = Vec::new();
+    if let Some(entry) = &manifest.auth {
+        settings.push((entry.file, &entry.def, "`runtime.auth`".to_owned()));
+    }
+    for (name, entry) in &manifest.producers {
+        if let Some(auth) = &entry.def.auth {
+            settings.push((entry.file, auth, format!("the `auth` of producer `{name}`")));
+        }
+    }
+    for (file, auth, setting) in settings {
+        let AuthDef::Credentials(names) = auth.get_ref() else {
+            continue;
+        };
+        if names.is_empty() {
+            problems.push(
+                Problem::error(
+                    "invalid-value",
+                    format!("{setting} is an empty list, which no request can pass"),
+                )
+                .at(file, auth.span())
+                .hint("list the credentials to accept, or write `auth = \"none\"` to accept requests without credentials"),
+            );
+        }
+        for name in names {
+            require(
+                &manifest.broken,
+                problems,
+                file,
+                name,
+                "credential",
+                &manifest.credentials,
+            );
+        }
+    }
+
+    for (name, entry) in &manifest.credentials {
+        let accepted = manifest.producers.keys().any(|producer| {
+            manifest
+                .producer_auth(producer)
+                .names()
+                .iter()
+                .any(|accepted| accepted.get_ref() == name)
+        });
+        if !accepted {
+            problems.push(
+                Problem::warning(
+                    "unused-credential",
+                    format!("no producer accepts credential `{name}`"),
+                )
+                .at_entry(entry)
+                .hint(format!(
+                    "add `\"{name}\"` to `runtime.auth` or to a producer's `auth`, or remove the credential"
+                )),
+            );
+        }
+    }
+}
+
 /// Warns about a password written into a broker URL, outside any
 /// `${VAR}` reference (defaults such as `${URL:-amqp://guest:guest@…}` are
-/// left alone: they are local development values).
+/// left alone: they are local development values), and about a credential
+/// whose token or key is written in the manifest, literally or as a default.
 fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (name, entry) in &manifest.credentials {
+        let (key, what) = match (&entry.def.bearer, &entry.def.api_key) {
+            (Some(_), _) => ("bearer", "token"),
+            (None, Some(_)) => ("api_key", "API key"),
+            (None, None) => continue,
+        };
+        let Some(value) = entry.def.secret() else {
+            continue;
+        };
+        let message = match written_secret(value.get_ref()) {
+            Some(WrittenSecret::Literal) => {
+                format!("the {what} of credential `{name}` is written in the manifest")
+            }
+            Some(WrittenSecret::Default) => format!(
+                "the {what} of credential `{name}` has a default in the manifest, which is accepted whenever its variable is unset"
+            ),
+            None => continue,
+        };
+        let suffix = if key == "bearer" { "TOKEN" } else { "API_KEY" };
+        let variable = format!("{}_{suffix}", name.to_ascii_uppercase().replace('-', "_"));
+        problems.push(
+            Problem::warning("literal-password", message)
+                .at(entry.file, value.span())
+                .hint(format!(
+                    "read it from the environment without a default, such as `{key} = \"${{{variable}}}\"`"
+                )),
+        );
+    }
     for (name, entry) in &manifest.brokers {
         if let Some(url) = &entry.def.url
             && has_literal_password(url.get_ref())
@@ -653,16 +808,36 @@ fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
     }
 }
 
-/// Reports whether `user:password@` appears in the text outside `${...}`.
-fn has_literal_password(url: &str) -> bool {
-    literal_password(url).is_some()
+/// A way of writing a secret in the manifest other than `${VAR}` alone.
+#[derive(Debug, PartialEq, Eq)]
+enum WrittenSecret {
+    /// Text outside any `${...}` reference, such as `s3cret` or `tok-${SUFFIX}`.
+    Literal,
+    /// A `${VAR:-default}` reference, whose default the manifest contains.
+    Default,
 }
 
-/// Returns the password of `user:password@` in the text outside `${...}`.
-pub(super) fn literal_password(url: &str) -> Option<String> {
+fn written_secret(text: &str) -> Option<WrittenSecret> {
+    if !outside_references(text).is_empty() {
+        return Some(WrittenSecret::Literal);
+    }
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let inner = &rest[start + 2..];
+        let end = inner.find('}').unwrap_or(inner.len());
+        if inner[..end].contains(":-") {
+            return Some(WrittenSecret::Default);
+        }
+        rest = &inner[end..];
+    }
+    None
+}
+
+/// Returns the text outside every `${...}` reference.
+fn outside_references(text: &str) -> String {
     let mut outside = String::new();
     let mut depth = 0;
-    let mut chars = url.chars().peekable();
+    let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         if c == '$' && chars.peek() == Some(&'{') {
             depth += 1;
@@ -673,6 +848,17 @@ pub(super) fn literal_password(url: &str) -> Option<String> {
             outside.push(c);
         }
     }
+    outside
+}
+
+/// Reports whether `user:password@` appears in the text outside `${...}`.
+fn has_literal_password(url: &str) -> bool {
+    literal_password(url).is_some()
+}
+
+/// Returns the password of `user:password@` in the text outside `${...}`.
+pub(super) fn literal_password(url: &str) -> Option<String> {
+    let outside = outside_references(url);
     let (_, rest) = outside.split_once("://")?;
     let authority = rest.split('/').next().unwrap_or_default();
     let (userinfo, _) = authority.rsplit_once('@')?;
@@ -682,7 +868,31 @@ pub(super) fn literal_password(url: &str) -> Option<String> {
 
 #[cfg(test)]
 mod password_tests {
-    use super::has_literal_password;
+    use super::{WrittenSecret, has_literal_password, is_header_name, written_secret};
+
+    #[test]
+    fn written_secrets_detected() {
+        let cases = [
+            ("${API_TOKEN}", None),
+            ("${A}${B}", None),
+            ("s3cret", Some(WrittenSecret::Literal)),
+            ("tok-${SUFFIX}", Some(WrittenSecret::Literal)),
+            ("${API_TOKEN:-dev-token}", Some(WrittenSecret::Default)),
+            ("${A}${B:-x}", Some(WrittenSecret::Default)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(written_secret(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn header_names_checked() {
+        assert!(is_header_name("X-Api-Key"));
+        assert!(is_header_name("api_key"));
+        assert!(!is_header_name(""));
+        assert!(!is_header_name("X Api Key"));
+        assert!(!is_header_name("X-Key:"));
+    }
 
     #[test]
     fn literal_password_detected() {

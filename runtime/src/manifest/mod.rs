@@ -8,6 +8,8 @@ mod model;
 mod parse;
 mod problem;
 mod routes;
+#[cfg(test)]
+mod security_tests;
 mod values;
 
 use std::collections::BTreeMap;
@@ -20,7 +22,7 @@ pub use interpolate::{MissingVariable, expand};
 pub use model::*;
 pub use problem::{Problem, ProblemRecord, Severity, SourceFile, closest, record, render};
 pub use routes::binding_matches;
-pub use values::{ByteSize, HumanDuration};
+pub use values::{ByteSize, HumanDuration, Secret};
 
 /// What the manifests are loaded for; decides how strict some checks are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +55,17 @@ pub struct Manifest {
     listen_at: Option<(usize, std::ops::Range<usize>)>,
     pub drain_timeout: Duration,
     pub body_limit: u64,
+    /// Address of the server for `/healthz`, `/readyz` and `/metrics`, when
+    /// they are not served on `listen`.
+    pub admin_listen: Option<String>,
+    /// File and span of `runtime.admin_listen`, for problems with its value.
+    admin_listen_at: Option<(usize, std::ops::Range<usize>)>,
+    pub json_depth_limit: u32,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    /// `runtime.auth`: the credentials of producers without an `auth` of
+    /// their own.
+    pub auth: Option<Entry<Spanned<AuthDef>>>,
     pub cache_dir: Option<PathBuf>,
     pub brokers: BTreeMap<String, Entry<BrokerDef>>,
     pub exchanges: BTreeMap<String, Entry<ExchangeDef>>,
@@ -61,6 +74,7 @@ pub struct Manifest {
     pub events: BTreeMap<String, Entry<EventDef>>,
     pub producers: BTreeMap<String, Entry<ProducerDef>>,
     pub consumers: BTreeMap<String, Entry<ConsumerDef>>,
+    pub credentials: BTreeMap<String, Entry<CredentialDef>>,
     /// Entries that are defined but did not parse, as `(kind, name)`.
     pub broken: Vec<(&'static str, String)>,
     /// Expanded `url` of each AMQP broker and `bootstrap` of each Kafka
@@ -68,6 +82,9 @@ pub struct Manifest {
     pub broker_urls: BTreeMap<String, String>,
     /// Expanded client `options` of each Kafka broker, by broker name.
     pub broker_options: BTreeMap<String, BTreeMap<String, String>>,
+    /// Expanded `bearer` or `api_key` of each credential, by credential
+    /// name. A credential whose value did not expand is missing.
+    pub credential_secrets: BTreeMap<String, Secret>,
     schema_dirs: Vec<PathBuf>,
     handler_dirs: Vec<PathBuf>,
 }
@@ -92,6 +109,12 @@ impl Loaded {
 
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
+pub const DEFAULT_JSON_DEPTH_LIMIT: u32 = 64;
+/// Largest `runtime.json_depth_limit`: serde_json stops parsing at 128
+/// levels of nesting, so 127 is the deepest body it reads.
+pub const MAX_JSON_DEPTH_LIMIT: u32 = 127;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Manifest {
     /// Returns the path of an event's schema file.
@@ -168,6 +191,19 @@ impl Manifest {
             .get(exchange)
             .map(|e| e.def.broker.get_ref().as_str())
     }
+
+    /// Returns the `auth` that applies to a producer: its own, else the
+    /// runtime's, else `"none"`.
+    pub fn producer_auth(&self, producer: &str) -> AuthDef {
+        let own = self
+            .producers
+            .get(producer)
+            .and_then(|entry| entry.def.auth.as_ref());
+        let runtime = self.auth.as_ref().map(|entry| &entry.def);
+        own.or(runtime)
+            .map(|auth| auth.get_ref().clone())
+            .unwrap_or(AuthDef::None)
+    }
 }
 
 /// Loads and checks manifest files. Reports every problem it can find; the
@@ -180,6 +216,9 @@ pub fn load(
     let mut manifest = Manifest {
         drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         body_limit: DEFAULT_BODY_LIMIT,
+        json_depth_limit: DEFAULT_JSON_DEPTH_LIMIT,
+        header_timeout: DEFAULT_HEADER_TIMEOUT,
+        body_timeout: DEFAULT_BODY_TIMEOUT,
         ..Manifest::default()
     };
     let mut problems = Vec::new();
@@ -290,6 +329,73 @@ fn merge(
     if set_once("cache", runtime.cache.as_ref().map(Spanned::span)) {
         manifest.cache_dir = runtime.cache.map(|c| folder.join(c.into_inner()));
     }
+    if set_once(
+        "admin_listen",
+        runtime.admin_listen.as_ref().map(Spanned::span),
+    ) {
+        manifest.admin_listen_at = runtime.admin_listen.as_ref().map(|l| (index, l.span()));
+        manifest.admin_listen = runtime.admin_listen.map(Spanned::into_inner);
+    }
+    // `set_once` borrows `problems` until its last call, so the problems of
+    // out-of-range values wait here.
+    let mut out_of_range = Vec::new();
+    if let Some(limit) = runtime.json_depth_limit
+        && set_once("json_depth_limit", Some(limit.span()))
+    {
+        if (1..=MAX_JSON_DEPTH_LIMIT).contains(limit.get_ref()) {
+            manifest.json_depth_limit = limit.into_inner();
+        } else {
+            out_of_range.push(
+                Problem::error(
+                    "invalid-value",
+                    format!(
+                        "`runtime.json_depth_limit = {}` is out of range",
+                        limit.get_ref()
+                    ),
+                )
+                .at(index, limit.span())
+                .hint(format!(
+                    "set a depth from 1 to {MAX_JSON_DEPTH_LIMIT}; the default is {DEFAULT_JSON_DEPTH_LIMIT}"
+                )),
+            );
+        }
+    }
+    for (key, value, target) in [
+        (
+            "header_timeout",
+            runtime.header_timeout,
+            &mut manifest.header_timeout,
+        ),
+        (
+            "body_timeout",
+            runtime.body_timeout,
+            &mut manifest.body_timeout,
+        ),
+    ] {
+        let Some(value) = value else {
+            continue;
+        };
+        if !set_once(key, Some(value.span())) {
+            continue;
+        }
+        if value.get_ref().0.is_zero() {
+            out_of_range.push(
+                Problem::error("invalid-value", format!("`runtime.{key}` is zero"))
+                    .at(index, value.span())
+                    .hint("set a duration above zero, such as `10s`"),
+            );
+        } else {
+            *target = value.into_inner().0;
+        }
+    }
+    if set_once("auth", runtime.auth.as_ref().map(Spanned::span)) {
+        manifest.auth = runtime.auth.map(|auth| Entry {
+            file: index,
+            name_span: None,
+            def: auth,
+        });
+    }
+    problems.extend(out_of_range);
 
     let files = &manifest.files;
     insert_all(
@@ -355,6 +461,15 @@ fn merge(
         names,
         problems,
     );
+    insert_all(
+        &mut manifest.credentials,
+        "credential",
+        parsed.credentials,
+        index,
+        files,
+        names,
+        problems,
+    );
 }
 
 /// Byte ranges of the entry names of one file, by `(kind, name)`.
@@ -399,48 +514,59 @@ fn expand_variables(
     lookup: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) {
-    let mut expand_one = |raw: &str, file: usize, span: Option<std::ops::Range<usize>>| {
-        let at = |problem: Problem| match span.clone() {
-            Some(span) => problem.at(file, span),
-            None => problem.in_file(file),
-        };
-        match expand(raw, lookup) {
-            Ok((value, missing)) => {
-                for variable in missing {
-                    let problem = match purpose {
-                        Purpose::Check => Problem::warning(
-                            "undefined-variable",
-                            format!("environment variable `{}` is not set", variable.name),
-                        ),
-                        Purpose::Run => Problem::error(
-                            "undefined-variable",
-                            format!("environment variable `{}` is not set", variable.name),
-                        ),
-                    };
-                    problems.push(at(problem.hint(format!(
-                        "set `{name}` or give a default: `${{{name}:-value}}`",
-                        name = variable.name
-                    ))));
+    // `secret` is true for a credential's token or key, whose hint leaves
+    // out the default because a default would be accepted whenever the
+    // variable is unset.
+    let mut expand_one =
+        |raw: &str, file: usize, span: Option<std::ops::Range<usize>>, secret: bool| {
+            let at = |problem: Problem| match span.clone() {
+                Some(span) => problem.at(file, span),
+                None => problem.in_file(file),
+            };
+            match expand(raw, lookup) {
+                Ok((value, missing)) => {
+                    for variable in missing {
+                        let problem = match purpose {
+                            Purpose::Check => Problem::warning(
+                                "undefined-variable",
+                                format!("environment variable `{}` is not set", variable.name),
+                            ),
+                            Purpose::Run => Problem::error(
+                                "undefined-variable",
+                                format!("environment variable `{}` is not set", variable.name),
+                            ),
+                        };
+                        let hint = if secret {
+                            format!("set `{}` to the secret", variable.name)
+                        } else {
+                            format!(
+                                "set `{name}` or give a default: `${{{name}:-value}}`",
+                                name = variable.name
+                            )
+                        };
+                        problems.push(at(problem.hint(hint)));
+                    }
+                    Some(value)
                 }
-                Some(value)
+                Err(message) => {
+                    problems.push(at(Problem::error("invalid-interpolation", message)));
+                    None
+                }
             }
-            Err(message) => {
-                problems.push(at(Problem::error("invalid-interpolation", message)));
-                None
-            }
-        }
-    };
+        };
 
     for (name, entry) in &manifest.brokers {
         let address = entry.def.url.as_ref().or(entry.def.bootstrap.as_ref());
         if let Some(address) = address
-            && let Some(value) = expand_one(address.get_ref(), entry.file, Some(address.span()))
+            && let Some(value) =
+                expand_one(address.get_ref(), entry.file, Some(address.span()), false)
         {
             manifest.broker_urls.insert(name.clone(), value);
         }
         let mut options = BTreeMap::new();
         for (key, value) in &entry.def.options {
-            if let Some(value) = expand_one(value.get_ref(), entry.file, Some(value.span())) {
+            if let Some(value) = expand_one(value.get_ref(), entry.file, Some(value.span()), false)
+            {
                 options.insert(key.clone(), value);
             }
         }
@@ -449,7 +575,42 @@ fn expand_variables(
     if let (Some(listen), Some((file, span))) =
         (manifest.listen.clone(), manifest.listen_at.clone())
     {
-        manifest.listen = expand_one(&listen, file, Some(span));
+        manifest.listen = expand_one(&listen, file, Some(span), false);
+    }
+    if let (Some(listen), Some((file, span))) = (
+        manifest.admin_listen.clone(),
+        manifest.admin_listen_at.clone(),
+    ) {
+        manifest.admin_listen = expand_one(&listen, file, Some(span), false);
+    }
+    let mut secrets = Vec::new();
+    for (name, entry) in &manifest.credentials {
+        let Some(value) = entry.def.secret() else {
+            continue;
+        };
+        if let Some(secret) = expand_one(value.get_ref(), entry.file, Some(value.span()), true) {
+            secrets.push((name.clone(), entry.file, value, secret));
+        }
+    }
+    for (name, file, value, secret) in secrets {
+        if !secret.is_empty() {
+            manifest
+                .credential_secrets
+                .insert(name, Secret::new(secret));
+            continue;
+        }
+        // A missing variable was reported already.
+        let all_set = expand(value.get_ref(), lookup).is_ok_and(|(_, missing)| missing.is_empty());
+        if all_set {
+            problems.push(
+                Problem::error(
+                    "invalid-value",
+                    format!("the secret of credential `{name}` is empty"),
+                )
+                .at(file, value.span())
+                .hint("set the variable it names to the token or key; it must not be empty"),
+            );
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub struct ManifestFile {
     /// Queue and topic consumers that run a WebAssembly handler, by name.
     #[serde(default)]
     pub consumers: BTreeMap<String, ConsumerDef>,
+    /// Bearer tokens and API keys that HTTP producers accept, by name.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialDef>,
 }
 
 /// Settings of the runtime process.
@@ -67,6 +70,30 @@ pub struct RuntimeSection {
     /// Largest accepted HTTP request body, such as `1MiB`.
     #[schemars(with = "Option<String>")]
     pub body_limit: Option<Spanned<ByteSize>>,
+    /// Address of a second HTTP server for `/healthz`, `/readyz` and
+    /// `/metrics`, such as `127.0.0.1:9090`. When set, the producer server
+    /// no longer serves them. Default: unset, so the `listen` server serves
+    /// them. `${VAR}` and `${VAR:-default}` are expanded.
+    #[schemars(with = "Option<String>")]
+    pub admin_listen: Option<Spanned<String>>,
+    /// Maximum nesting depth of arrays and objects in a producer request
+    /// body, from 1 to 127. Default 64.
+    #[schemars(with = "Option<u32>")]
+    pub json_depth_limit: Option<Spanned<u32>>,
+    /// Time a client has to send a request's line and headers, counted from
+    /// the connection's start or the end of its previous request, such as
+    /// `10s`. Default `10s`.
+    #[schemars(with = "Option<String>")]
+    pub header_timeout: Option<Spanned<HumanDuration>>,
+    /// Time a client has to send a request's body once its headers arrived,
+    /// such as `30s`. Default `30s`.
+    #[schemars(with = "Option<String>")]
+    pub body_timeout: Option<Spanned<HumanDuration>>,
+    /// Credentials that every producer without an `auth` of its own accepts:
+    /// names of `[credentials]` entries, or `"none"`. Default `"none"`, so
+    /// such producers accept requests without credentials.
+    #[schemars(with = "Option<AuthDef>")]
+    pub auth: Option<Spanned<AuthDef>>,
 }
 
 /// A broker connection.
@@ -366,6 +393,107 @@ pub struct ProducerDef {
     /// Data field that receives the event id when the request leaves it out,
     /// such as `orderId`.
     pub id_field: Option<String>,
+    /// Credentials this producer accepts: names of `[credentials]` entries,
+    /// or `"none"` for requests without credentials. Default: the runtime's
+    /// `auth`.
+    #[schemars(with = "Option<AuthDef>")]
+    pub auth: Option<Spanned<AuthDef>>,
+}
+
+/// The credentials an HTTP producer accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthDef {
+    /// `"none"`: requests need no credentials.
+    None,
+    /// Names of `[credentials]` entries; a request must present one of them.
+    Credentials(Vec<Spanned<String>>),
+}
+
+impl AuthDef {
+    /// Returns the credential names, none for `"none"`.
+    pub fn names(&self) -> &[Spanned<String>] {
+        match self {
+            AuthDef::None => &[],
+            AuthDef::Credentials(names) => names,
+        }
+    }
+}
+
+// Written by hand, like `OneOrMany`, so the names keep their positions.
+impl<'de> Deserialize<'de> for AuthDef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AuthDef;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`\"none\"` or an array of credential names")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                if text == "none" {
+                    Ok(AuthDef::None)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(text), &self))
+                }
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(AuthDef::Credentials)
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for AuthDef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AuthDef".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`\"none\"`, or the names of the `[credentials]` entries that are accepted.",
+            "anyOf": [
+                { "type": "string", "enum": ["none"] },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
+
+/// A credential that HTTP producers accept: a bearer token or an API key.
+/// Give exactly one of `bearer` and `api_key`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialDef {
+    /// Token that a request sends as `Authorization: Bearer <token>`. Write
+    /// it as `${VAR}` so the secret stays out of the manifest.
+    #[schemars(with = "Option<String>")]
+    pub bearer: Option<Spanned<String>>,
+    /// Key that a request sends in the `header` header. Write it as
+    /// `${VAR}` so the secret stays out of the manifest.
+    #[schemars(with = "Option<String>")]
+    pub api_key: Option<Spanned<String>>,
+    /// Request header that carries an `api_key`. Default `X-Api-Key`.
+    #[schemars(with = "Option<String>")]
+    pub header: Option<Spanned<String>>,
+}
+
+/// Request header of an API key when the credential names none.
+pub const DEFAULT_API_KEY_HEADER: &str = "X-Api-Key";
+
+impl CredentialDef {
+    /// Returns the value as written: `bearer`, else `api_key`.
+    pub fn secret(&self) -> Option<&Spanned<String>> {
+        self.bearer.as_ref().or(self.api_key.as_ref())
+    }
 }
 
 /// A consumer: reads a queue or a topic and calls a handler for each event.

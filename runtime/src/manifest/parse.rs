@@ -10,7 +10,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::{ManifestFile, Problem, closest};
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "runtime",
     "brokers",
     "exchanges",
@@ -19,6 +19,7 @@ const SECTIONS: [&str; 8] = [
     "events",
     "producers",
     "consumers",
+    "credentials",
 ];
 
 /// The result of parsing one file.
@@ -97,6 +98,16 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
                 manifest.consumers = entries(
                     file,
                     "consumer",
+                    value,
+                    &mut problems,
+                    &mut broken,
+                    &mut names,
+                )
+            }
+            "credentials" => {
+                manifest.credentials = entries(
+                    file,
+                    "credential",
                     value,
                     &mut problems,
                     &mut broken,
@@ -196,7 +207,10 @@ pub(super) fn problem(file: usize, err: &toml::de::Error) -> Problem {
             "duplicate-key",
             "keep one of the two definitions".to_owned(),
         )
-    } else if message.starts_with("invalid type") || message.starts_with("unknown variant") {
+    } else if message.starts_with("invalid type")
+        || message.starts_with("invalid value")
+        || message.starts_with("unknown variant")
+    {
         (
             "invalid-value",
             "see `switchyard schema` for the expected type".to_owned(),

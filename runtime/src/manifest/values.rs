@@ -71,6 +71,28 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// A credential's value. `Debug` prints `***`, so a logged or printed
+/// structure never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// Returns the value itself, for comparing it with a request's.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +109,13 @@ mod tests {
         );
         let err = "5 parsecs".parse::<HumanDuration>().unwrap_err();
         assert!(err.contains("`5 parsecs`"), "{err}");
+    }
+
+    #[test]
+    fn secret_debug_hides_value() {
+        let secret = Secret::new("tok-123".to_owned());
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+        assert_eq!(secret.expose(), "tok-123");
     }
 
     #[test]
