@@ -618,9 +618,10 @@ fn consumer_queue(
     }
 }
 
-/// Warns about a password written into a broker URL, outside any
-/// `${VAR}` reference (defaults such as `${URL:-amqp://guest:guest@…}` are
-/// left alone: they are local development values).
+/// Warns about a password written into a broker URL, a secret Kafka option
+/// or a SASL password, outside any `${VAR}` reference. Defaults such as
+/// `${URL:-amqp://guest:guest@…}` are left alone: they are local development
+/// values.
 fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.brokers {
         if let Some(url) = &entry.def.url
@@ -649,6 +650,18 @@ fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
                     )),
                 );
             }
+        }
+        if let Some(sasl) = &entry.def.sasl
+            && !sasl.password.get_ref().contains("${")
+        {
+            problems.push(
+                Problem::warning(
+                    "literal-password",
+                    format!("the SASL password of broker `{name}` is written in the manifest"),
+                )
+                .at(entry.file, sasl.password.span())
+                .hint("read it from the environment, such as `password = \"${KAFKA_PASSWORD}\"`"),
+            );
         }
     }
 }
