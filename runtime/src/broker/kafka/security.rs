@@ -100,7 +100,12 @@ impl ClientContext for ErrorRecorder {
 /// Returns the fix for a librdkafka error text about TLS or SASL, if it is
 /// one. librdkafka 2.12 words these errors as matched here.
 pub(super) fn hint(broker: &str, error: &str) -> Option<String> {
-    let error = error.to_ascii_lowercase();
+    // The broker addresses in the text start with `sasl_ssl://` or
+    // `ssl://`, which say nothing about the cause.
+    let error = error
+        .to_ascii_lowercase()
+        .replace("sasl_ssl://", "")
+        .replace("ssl://", "");
     if error.contains("connecting to a ssl listener") || error.contains("security.protocol") {
         return Some(format!(
             "the broker's listener may expect TLS: add a `tls` table to broker `{broker}`"
@@ -111,6 +116,12 @@ pub(super) fn hint(broker: &str, error: &str) -> Option<String> {
             "the broker's certificate did not verify: set `tls.ca` of broker `{broker}` to the \
              PEM file of the CA that signed it, and check that the certificate names the host \
              of `bootstrap`"
+        ));
+    }
+    if error.contains("mechanism handshake failed") {
+        return Some(format!(
+            "the broker did not accept the SASL mechanism: set `sasl.mechanism` of broker \
+             `{broker}` to one that the broker supports"
         ));
     }
     if error.contains("sasl authentication") || error.contains("authentication failed") {

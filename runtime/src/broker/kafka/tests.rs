@@ -140,3 +140,36 @@ fn client_accepts_ssl_and_scram() {
     let created: Result<FutureProducer, _> = client_config("127.0.0.1:1", &options).create();
     assert!(created.is_ok(), "{:?}", created.err());
 }
+
+/// Error texts in librdkafka 2.12's wording, with the hint each one gets.
+/// The first is copied from a run against tansu 0.6.0 behind stunnel.
+#[test]
+fn security_hint_per_error_text() {
+    let cases = [
+        (
+            "Global error: Authentication (Local: Authentication failure): \
+             sasl_ssl://127.0.0.1:33645/bootstrap: SASL PLAIN mechanism handshake failed: \
+             Local: Broker transport failure: broker's supported mechanisms: (n/a)",
+            "did not accept the SASL mechanism",
+        ),
+        (
+            "ssl://127.0.0.1:1/bootstrap: SSL handshake failed: error:0A000086:SSL \
+             routines::certificate verify failed",
+            "set `tls.ca` of broker `stream`",
+        ),
+        (
+            "sasl_ssl://127.0.0.1:1/bootstrap: SASL authentication error: Authentication \
+             failed during authentication due to invalid credentials with SASL mechanism \
+             SCRAM-SHA-256",
+            "rejected the SASL credentials",
+        ),
+    ];
+    for (error, expected) in cases {
+        let hint = security::hint("stream", error).unwrap_or_default();
+        assert!(hint.contains(expected), "{error}\nhint: {hint}");
+    }
+    assert_eq!(
+        security::hint("stream", "sasl_ssl://127.0.0.1:1/bootstrap: timed out"),
+        None
+    );
+}
