@@ -128,10 +128,12 @@ impl Stunnel {
                 client_ca.display()
             ));
         }
+
         let config_path = dir.join(format!("stunnel-{port}.conf"));
         write(&config_path, &config)?;
         let log_path = dir.join(format!("stunnel-{port}.log"));
         let log = std::fs::File::create(&log_path)?;
+
         let child = Command::new("stunnel4")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -143,6 +145,7 @@ impl Stunnel {
                 "cannot start `stunnel4`, the TLS terminator of the TLS tests; install the \
                  Debian package with `apt-get install stunnel4` (bash .ci/run does)",
             )?;
+
         let mut stunnel = Stunnel {
             child,
             port,
