@@ -130,6 +130,7 @@ fn every_case_has_expected_file() {
 #[test]
 fn case_reports_its_own_code() {
     let codes_by_case = [
+        ("conflicting-option", &["conflicting-option"][..]),
         ("duplicate-key", &["duplicate-key"][..]),
         ("duplicate-route", &["duplicate-route"][..]),
         ("handler-core-module", &["handler-not-component"][..]),
@@ -150,6 +151,7 @@ fn case_reports_its_own_code() {
             "literal-token",
             &["literal-password", "literal-password"][..],
         ),
+        ("literal-sasl-password", &["literal-password"][..]),
         (
             "missing-dead-letter",
             // Without it, no queue dead-letters to `dlx`, so the queue bound
@@ -160,7 +162,12 @@ fn case_reports_its_own_code() {
         ("schema-example-invalid", &["schema-example-invalid"][..]),
         ("schema-invalid", &["schema-invalid"][..]),
         ("schema-not-found", &["schema-not-found"][..]),
+        ("sasl-without-tls", &["sasl-without-tls"][..]),
         ("schema-ref-unresolved", &["schema-ref-unresolved"][..]),
+        ("tls-file-invalid", &["tls-file-invalid"][..]),
+        ("tls-file-not-found", &["tls-file-not-found"][..]),
+        ("tls-missing-key", &["missing-key"][..]),
+        ("tls-without-amqps", &["tls-without-amqps"][..]),
         ("undefined-broker", &["undefined-broker"][..]),
         (
             "undefined-credential",

@@ -20,7 +20,7 @@ use crate::dispatch::{
 use crate::event::WireFormat;
 use crate::handler::{CallContext, Grants, HandlerHost, Limits};
 use crate::ingress::{self, Credential, Credentials, Ingress, Producer, RequestLimits, Scheme};
-use crate::manifest::{self, BrokerKind, Encoding, Manifest, Purpose};
+use crate::manifest::{self, BrokerKind, Encoding, Manifest, Purpose, SaslCredentials, TlsFiles};
 use crate::reload::{self, Slots};
 use crate::schema::Schemas;
 use crate::telemetry::{self, Readiness};
@@ -194,10 +194,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             let url = manifest.broker_urls.get(name).cloned().unwrap_or_default();
             let def = &manifest.brokers[name].def;
             let confirm_timeout = def.confirm_timeout.map(|t| t.0);
+            let security = Security::of(&manifest, name);
             match def.kind {
                 BrokerKind::Amqp => Target::Amqp {
                     url,
                     confirm_timeout,
+                    security,
                 },
                 BrokerKind::Kafka => Target::Kafka {
                     bootstrap: url,
@@ -207,6 +209,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
                         .cloned()
                         .unwrap_or_default(),
                     delivery_timeout: confirm_timeout,
+                    security,
                 },
             }
         };
@@ -316,29 +319,50 @@ async fn connect_once(manifest: &Manifest, name: &str) -> anyhow::Result<Arc<dyn
     let def = &manifest.brokers[name].def;
     let url = manifest.broker_urls.get(name).cloned().unwrap_or_default();
     let confirm_timeout = def.confirm_timeout.map(|t| t.0);
+    let security = Security::of(manifest, name);
     let broker: Arc<dyn Broker> = match def.kind {
-        BrokerKind::Amqp => Arc::new(connect_amqp(name, &url, confirm_timeout).await?),
+        BrokerKind::Amqp => Arc::new(connect_amqp(name, &url, confirm_timeout, &security).await?),
         BrokerKind::Kafka => {
             let client_options = manifest
                 .broker_options
                 .get(name)
                 .cloned()
                 .unwrap_or_default();
-            Arc::new(connect_kafka(name, &url, &client_options, confirm_timeout).await?)
+            let broker =
+                connect_kafka(name, &url, &client_options, confirm_timeout, &security).await?;
+            Arc::new(broker)
         }
     };
     Ok(broker)
+}
+
+/// The TLS files and SASL credentials of one broker.
+#[derive(Clone, Debug, Default)]
+struct Security {
+    tls: Option<TlsFiles>,
+    sasl: Option<SaslCredentials>,
+}
+
+impl Security {
+    fn of(manifest: &Manifest, broker: &str) -> Self {
+        Security {
+            tls: manifest.broker_tls.get(broker).cloned(),
+            sasl: manifest.broker_sasl.get(broker).cloned(),
+        }
+    }
 }
 
 async fn connect_amqp(
     name: &str,
     url: &str,
     confirm_timeout: Option<Duration>,
+    security: &Security,
 ) -> Result<crate::broker::amqp::AmqpBroker, crate::broker::BrokerError> {
     let mut options = crate::broker::amqp::AmqpOptions::default();
     if let Some(timeout) = confirm_timeout {
         options.confirm_timeout = timeout;
     }
+    options.tls = security.tls.clone();
     crate::broker::amqp::AmqpBroker::connect(name, url, options).await
 }
 
@@ -347,11 +371,14 @@ async fn connect_kafka(
     bootstrap: &str,
     client_options: &std::collections::BTreeMap<String, String>,
     delivery_timeout: Option<Duration>,
+    security: &Security,
 ) -> Result<crate::broker::kafka::KafkaBroker, crate::broker::BrokerError> {
     let mut options = crate::broker::kafka::KafkaOptions::default();
     if let Some(timeout) = delivery_timeout {
         options.delivery_timeout = timeout;
     }
+    options.tls = security.tls.clone();
+    options.sasl = security.sasl.clone();
     crate::broker::kafka::KafkaBroker::connect(name, bootstrap, client_options, options).await
 }
 
@@ -434,11 +461,13 @@ enum Target {
     Amqp {
         url: String,
         confirm_timeout: Option<Duration>,
+        security: Security,
     },
     Kafka {
         bootstrap: String,
         client_options: std::collections::BTreeMap<String, String>,
         delivery_timeout: Option<Duration>,
+        security: Security,
     },
 }
 
@@ -545,14 +574,16 @@ async fn connect(name: &str, target: &Target, readiness: &Readiness) -> Arc<dyn 
             Target::Amqp {
                 url,
                 confirm_timeout,
-            } => connect_amqp(name, url, *confirm_timeout)
+                security,
+            } => connect_amqp(name, url, *confirm_timeout, security)
                 .await
                 .map(|broker| Arc::new(broker) as Arc<dyn Broker>),
             Target::Kafka {
                 bootstrap,
                 client_options,
                 delivery_timeout,
-            } => connect_kafka(name, bootstrap, client_options, *delivery_timeout)
+                security,
+            } => connect_kafka(name, bootstrap, client_options, *delivery_timeout, security)
                 .await
                 .map(|broker| Arc::new(broker) as Arc<dyn Broker>),
         };

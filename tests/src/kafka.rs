@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -95,13 +95,32 @@ fn tansu_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Returns a loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 impl Tansu {
     /// Starts tansu with in-memory storage on a free port; its output goes
     /// to a file in `dir`.
     pub async fn start(dir: &std::path::Path) -> anyhow::Result<Tansu> {
+        let port = free_port()?;
+        Tansu::start_with(dir, port, port, &[]).await
+    }
+
+    /// Starts tansu with in-memory storage on `port`, telling clients to
+    /// connect to `advertised_port`, with extra arguments such as
+    /// `--authentication`. A TLS proxy on `advertised_port` that forwards
+    /// to `port` then carries every client connection.
+    pub async fn start_with(
+        dir: &std::path::Path,
+        port: u16,
+        advertised_port: u16,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Tansu> {
         let binary = tansu_binary()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{advertised_port}");
         let log_path = dir.join(format!("tansu-{port}.log"));
         let log = std::fs::File::create(&log_path)?;
         let child = Command::new(&binary)
@@ -110,9 +129,10 @@ impl Tansu {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -125,34 +145,10 @@ impl Tansu {
             port,
             log_path,
         };
-        tansu.wait_listening().await?;
+        let log_path = &tansu.log_path;
+        crate::process::wait_listening(&mut tansu.child, port, "tansu", log_path, START_TIMEOUT)
+            .await?;
         Ok(tansu)
-    }
-
-    async fn wait_listening(&mut self) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "tansu exited with {status} at start; output:\n{}",
-                    self.output()
-                );
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if started.elapsed() > START_TIMEOUT {
-                bail!(
-                    "tansu did not listen on port {} within {START_TIMEOUT:?}; output:\n{}",
-                    self.port,
-                    self.output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// Returns what tansu wrote so far.

@@ -18,17 +18,19 @@ mod outage;
 mod process;
 mod rabbitmq;
 pub mod shop;
+mod tls;
 
 use std::path::{Path, PathBuf};
 
 pub use binary::{PlanOutput, run_plan, switchyard_binary};
-pub use kafka::{KafkaRecord, OutgoingRecord, Tansu};
+pub use kafka::{KafkaRecord, OutgoingRecord, Tansu, free_port};
 pub use logs::{ChaosCall, LogLine};
 pub use manifests::{ChaosConsumer, chaos_manifest, queues_only_manifest};
 pub use metrics::Metrics;
 pub use outage::BrokerLink;
 pub use process::{BrokerMode, RunOptions, Stopped, Switchyard, free_loopback_address, poll};
-pub use rabbitmq::{RabbitMq, ReceivedMessage, rabbitmq, rabbitmqctl};
+pub use rabbitmq::{RabbitMq, ReceivedMessage, ScopedVhost, rabbitmq, rabbitmqctl};
+pub use tls::{IssuedCertificate, Stunnel, TestCa};
 
 /// Returns the repository root (the workspace folder).
 pub fn repo_root() -> &'static Path {

@@ -519,3 +519,38 @@ pub fn free_loopback_address() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
     Ok(listener.local_addr()?)
 }
+
+/// Waits until a child process accepts TCP connections on a loopback port.
+/// Fails with what the process wrote to `log_path` when it exits first or
+/// when `timeout` passes.
+pub(crate) async fn wait_listening(
+    child: &mut Child,
+    port: u16,
+    program: &str,
+    log_path: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let output = || std::fs::read_to_string(log_path).unwrap_or_default();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{program} exited with {status} at start; output:\n{}",
+                output()
+            );
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{program} did not listen on port {port} within {timeout:?}; output:\n{}",
+                output()
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}

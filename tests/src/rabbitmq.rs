@@ -64,14 +64,16 @@ fn create_vhost() -> Result<RabbitMq, String> {
     Ok(RabbitMq { vhost })
 }
 
-/// Deletes the vhosts named `<prefix><pid>` whose process no longer runs.
+/// Deletes the vhosts named `<prefix><pid>` or `<prefix><pid>-<suffix>`
+/// (see `ScopedVhost`) whose process no longer runs.
 fn delete_stale_vhosts(prefix: &str) -> Result<(), String> {
     let output = rabbitmqctl(&["list_vhosts", "name"])?;
     let listing = String::from_utf8_lossy(&output.stdout).into_owned();
     for vhost in listing.lines().map(str::trim) {
-        let Some(pid) = vhost.strip_prefix(prefix) else {
+        let Some(rest) = vhost.strip_prefix(prefix) else {
             continue;
         };
+        let pid = rest.split_once('-').map_or(rest, |(pid, _)| pid);
         let running = pid
             .parse::<u32>()
             .is_ok_and(|pid| std::path::Path::new("/proc").join(pid.to_string()).exists());
@@ -405,5 +407,33 @@ fn json_value(value: &AMQPValue) -> Value {
         ),
         AMQPValue::DecimalValue(decimal) => Value::from(format!("{decimal:?}")),
         AMQPValue::Void => Value::Null,
+    }
+}
+
+/// A vhost of one test on the local RabbitMQ node, with permissions for the
+/// `guest` user, deleted on drop.
+#[derive(Debug)]
+pub struct ScopedVhost {
+    pub name: String,
+}
+
+impl ScopedVhost {
+    /// Creates the vhost `switchyard-test-<binary>-<pid>-<suffix>`. One that
+    /// a crashed run left behind is deleted by the next run's
+    /// `rabbitmq()`, like that run's own vhost.
+    pub fn create(suffix: &str) -> anyhow::Result<ScopedVhost> {
+        let name = format!("{}{}-{suffix}", vhost_prefix(), std::process::id());
+        rabbitmqctl(&["add_vhost", &name]).map_err(anyhow::Error::msg)?;
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"])
+            .map_err(anyhow::Error::msg)?;
+        Ok(ScopedVhost { name })
+    }
+}
+
+impl Drop for ScopedVhost {
+    fn drop(&mut self) {
+        if let Err(message) = rabbitmqctl(&["delete_vhost", &self.name]) {
+            eprintln!("cannot delete test vhost `{}`: {message}", self.name);
+        }
     }
 }

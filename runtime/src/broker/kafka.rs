@@ -8,6 +8,7 @@
 
 mod admin;
 mod reader;
+mod security;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,9 +24,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
+use self::security::ErrorRecorder;
 use super::{
     Broker, BrokerError, Deliveries, HeaderValue, Headers, Message, SubscribeOptions, TopicReader,
 };
+use crate::manifest::{SaslCredentials, TlsFiles};
 use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec, TopicSpec, TopicState};
 
 /// Header of the CloudEvents Kafka binding that carries the content type.
@@ -40,12 +43,18 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct KafkaOptions {
     /// How long a produced record may wait for its delivery report.
     pub delivery_timeout: Duration,
+    /// TLS files; with them every client connects with TLS.
+    pub tls: Option<TlsFiles>,
+    /// SASL credentials; with them every client authenticates.
+    pub sasl: Option<SaslCredentials>,
 }
 
 impl Default for KafkaOptions {
     fn default() -> Self {
         KafkaOptions {
             delivery_timeout: Duration::from_secs(10),
+            tls: None,
+            sasl: None,
         }
     }
 }
@@ -56,7 +65,7 @@ pub struct KafkaBroker {
     bootstrap: String,
     client_options: BTreeMap<String, String>,
     options: KafkaOptions,
-    producer: FutureProducer,
+    producer: FutureProducer<ErrorRecorder>,
     admin: Arc<AdminClient<DefaultClientContext>>,
     connected: Arc<AtomicBool>,
 }
@@ -75,20 +84,35 @@ impl KafkaBroker {
             broker: name.to_owned(),
             reason,
         };
+        // The security properties live only in this private map, which is
+        // never logged, because it contains the SASL password.
+        let mut client_options = client_options.clone();
+        client_options.extend(security::properties(
+            options.tls.as_ref(),
+            options.sasl.as_ref(),
+        ));
         let timeout_ms = options.delivery_timeout.as_millis().max(1).to_string();
-        let producer: FutureProducer = client_config(bootstrap, client_options)
+        let (recorder, last_error) = ErrorRecorder::new(name);
+        let producer: FutureProducer<ErrorRecorder> = client_config(bootstrap, &client_options)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", &timeout_ms)
-            .create()
+            .create_with_context(recorder)
             .map_err(|err| unreachable(format!("cannot create the producer: {err}")))?;
-        let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, client_options)
+        let admin: AdminClient<DefaultClientContext> = client_config(bootstrap, &client_options)
             .create()
             .map_err(|err| unreachable(format!("cannot create the admin client: {err}")))?;
 
-        fetch_metadata(&producer, None)
-            .await
-            .map_err(|err| unreachable(format!("no answer from `{bootstrap}`: {err}")))?;
+        if let Err(err) = fetch_metadata(&producer, None).await {
+            let mut reason = format!("no answer from `{bootstrap}`: {err}");
+            if let Some(last) = last_error.get() {
+                reason.push_str(&format!("; the client reported: {last}"));
+                if let Some(hint) = security::hint(name, &last) {
+                    reason.push_str(&format!("; {hint}"));
+                }
+            }
+            return Err(unreachable(reason));
+        }
 
         let connected = Arc::new(AtomicBool::new(true));
         tokio::spawn(watch_connection(
@@ -98,7 +122,7 @@ impl KafkaBroker {
         Ok(KafkaBroker {
             name: name.to_owned(),
             bootstrap: bootstrap.to_owned(),
-            client_options: client_options.clone(),
+            client_options,
             options,
             producer,
             admin: Arc::new(admin),
@@ -128,7 +152,7 @@ fn client_config(bootstrap: &str, client_options: &BTreeMap<String, String>) -> 
 /// Requests cluster metadata on a blocking thread, because librdkafka's
 /// metadata call blocks until the response or the timeout.
 async fn fetch_metadata(
-    producer: &FutureProducer,
+    producer: &FutureProducer<ErrorRecorder>,
     topic: Option<&str>,
 ) -> Result<rdkafka::metadata::Metadata, KafkaError> {
     let producer = producer.clone();
@@ -144,7 +168,10 @@ async fn fetch_metadata(
 
 /// Asks the cluster for metadata every few seconds and records whether it
 /// responded, until the broker is dropped.
-async fn watch_connection(producer: FutureProducer, connected: std::sync::Weak<AtomicBool>) {
+async fn watch_connection(
+    producer: FutureProducer<ErrorRecorder>,
+    connected: std::sync::Weak<AtomicBool>,
+) {
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let responded = fetch_metadata(&producer, None).await.is_ok();

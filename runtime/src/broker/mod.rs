@@ -266,6 +266,15 @@ pub enum BrokerError {
         reason: String,
     },
 
+    /// TLS could not be set up, or the handshake failed; `url` has its
+    /// password redacted and `reason` names the fix.
+    #[error("TLS connection to broker `{broker}` at `{url}` failed: {reason}")]
+    Tls {
+        broker: String,
+        url: String,
+        reason: String,
+    },
+
     #[error("{0}")]
     Conflict(String),
 

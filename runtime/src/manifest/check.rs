@@ -744,10 +744,12 @@ fn auth(manifest: &Manifest, problems: &mut Vec<Problem>) {
     }
 }
 
-/// Warns about a password written into a broker URL, outside any
-/// `${VAR}` reference (defaults such as `${URL:-amqp://guest:guest@…}` are
-/// left alone: they are local development values), and about a credential
-/// whose token or key is written in the manifest, literally or as a default.
+/// Warns about a password written into a broker URL, a secret Kafka option
+/// or a SASL password, outside any `${VAR}` reference, and about a
+/// credential whose token or key is written in the manifest, literally or
+/// as a default. Defaults in broker URLs, such as
+/// `${URL:-amqp://guest:guest@…}`, are left alone: they are local
+/// development values.
 fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.credentials {
         let (key, what) = match (&entry.def.bearer, &entry.def.api_key) {
@@ -804,6 +806,18 @@ fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
                     )),
                 );
             }
+        }
+        if let Some(sasl) = &entry.def.sasl
+            && !sasl.password.get_ref().contains("${")
+        {
+            problems.push(
+                Problem::warning(
+                    "literal-password",
+                    format!("the SASL password of broker `{name}` is written in the manifest"),
+                )
+                .at(entry.file, sasl.password.span())
+                .hint("read it from the environment, such as `password = \"${KAFKA_PASSWORD}\"`"),
+            );
         }
     }
 }

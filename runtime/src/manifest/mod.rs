@@ -8,6 +8,7 @@ mod model;
 mod parse;
 mod problem;
 mod routes;
+mod security;
 #[cfg(test)]
 mod security_tests;
 mod values;
@@ -22,6 +23,7 @@ pub use interpolate::{MissingVariable, expand};
 pub use model::*;
 pub use problem::{Problem, ProblemRecord, Severity, SourceFile, closest, record, render};
 pub use routes::binding_matches;
+pub use security::{KAFKA_SECURITY_PROPERTIES, SaslCredentials, TlsFiles};
 pub use values::{ByteSize, HumanDuration, Secret};
 
 /// What the manifests are loaded for; decides how strict some checks are.
@@ -85,6 +87,12 @@ pub struct Manifest {
     /// Expanded `bearer` or `api_key` of each credential, by credential
     /// name. A credential whose value did not expand is missing.
     pub credential_secrets: BTreeMap<String, Secret>,
+    /// Expanded and resolved `tls` files of each broker that has a `tls`
+    /// table, by broker name.
+    pub broker_tls: BTreeMap<String, TlsFiles>,
+    /// Expanded `sasl` credentials of each Kafka broker that has them, by
+    /// broker name.
+    pub broker_sasl: BTreeMap<String, SaslCredentials>,
     schema_dirs: Vec<PathBuf>,
     handler_dirs: Vec<PathBuf>,
 }
@@ -263,6 +271,7 @@ pub fn load(
     }
     expand_variables(&mut manifest, purpose, lookup, &mut problems);
     check::references(&manifest, purpose, &mut problems);
+    security::check(&manifest, &mut problems);
     grants::check(&manifest, lookup, &mut problems);
     Loaded { manifest, problems }
 }
@@ -571,6 +580,31 @@ fn expand_variables(
             }
         }
         manifest.broker_options.insert(name.clone(), options);
+
+        let mut expand_field = |value: &Spanned<String>| {
+            expand_one(value.get_ref(), entry.file, Some(value.span()), false)
+        };
+        if let Some(tls) = &entry.def.tls {
+            let folder = manifest.files[entry.file].folder();
+            let files = TlsFiles {
+                ca: security::resolve_path(tls.ca.as_ref().and_then(&mut expand_field), folder),
+                cert: security::resolve_path(tls.cert.as_ref().and_then(&mut expand_field), folder),
+                key: security::resolve_path(tls.key.as_ref().and_then(&mut expand_field), folder),
+            };
+            manifest.broker_tls.insert(name.clone(), files);
+        }
+        if let Some(sasl) = &entry.def.sasl {
+            let username = expand_field(&sasl.username);
+            let password = expand_field(&sasl.password);
+            if let (Some(username), Some(password)) = (username, password) {
+                let credentials = SaslCredentials {
+                    mechanism: sasl.mechanism,
+                    username,
+                    password,
+                };
+                manifest.broker_sasl.insert(name.clone(), credentials);
+            }
+        }
     }
     if let (Some(listen), Some((file, span))) =
         (manifest.listen.clone(), manifest.listen_at.clone())

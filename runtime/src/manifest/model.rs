@@ -114,8 +114,10 @@ pub struct BrokerDef {
     #[schemars(with = "Option<String>")]
     pub bootstrap: Option<Spanned<String>>,
     /// Client properties of a `kafka` broker, as librdkafka names them, such
-    /// as `"security.protocol" = "SASL_SSL"` or
-    /// `"sasl.password" = "${KAFKA_PASSWORD}"`. Values are expanded like `url`.
+    /// as `"client.id" = "switchyard"` or
+    /// `"ssl.key.password" = "${KAFKA_KEY_PASSWORD}"`. Values are expanded
+    /// like `url`. The properties that `tls` and `sasl` set, such as
+    /// `security.protocol`, must not be repeated here.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub options: BTreeMap<String, Spanned<String>>,
@@ -123,6 +125,70 @@ pub struct BrokerDef {
     /// report (Kafka), such as `5s`.
     #[schemars(with = "Option<String>")]
     pub confirm_timeout: Option<HumanDuration>,
+    /// TLS settings. An `amqp` broker with this table needs an `amqps://`
+    /// URL. A `kafka` broker with this table connects with TLS
+    /// (`security.protocol` `SSL`, or `SASL_SSL` with `sasl`). `tls = {}`
+    /// trusts the system's CA certificates only.
+    pub tls: Option<TlsDef>,
+    /// SASL authentication of a `kafka` broker. An `amqp` broker takes its
+    /// user and password in the URL.
+    pub sasl: Option<SaslDef>,
+}
+
+/// TLS files of a broker connection, each a PEM file. Paths are relative to
+/// this manifest's folder; `${VAR}` and `${VAR:-default}` are expanded.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsDef {
+    /// CA certificates that the broker's certificate must chain to, such as
+    /// `certs/ca.pem`. An `amqp` broker trusts them besides the system's CA
+    /// certificates, a `kafka` broker instead of them.
+    #[schemars(with = "Option<String>")]
+    pub ca: Option<Spanned<String>>,
+    /// Client certificate, for brokers that require one. Needs `key`.
+    #[schemars(with = "Option<String>")]
+    pub cert: Option<Spanned<String>>,
+    /// Unencrypted private key of the client certificate (PKCS#8, PKCS#1 or
+    /// SEC1). Needs `cert`.
+    #[schemars(with = "Option<String>")]
+    pub key: Option<Spanned<String>>,
+}
+
+/// SASL authentication of a Kafka broker.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SaslDef {
+    /// SASL mechanism.
+    pub mechanism: SaslMechanism,
+    /// User name. `${VAR}` and `${VAR:-default}` are expanded.
+    #[schemars(with = "String")]
+    pub username: Spanned<String>,
+    /// Password; write it as `${VAR}`, such as `${KAFKA_PASSWORD}`.
+    #[schemars(with = "String")]
+    pub password: Spanned<String>,
+}
+
+/// SASL mechanisms of Kafka brokers.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// User name and password sent as they are: use it only with `tls`.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// Returns the mechanism's name as Kafka and the manifest write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// Broker protocols.

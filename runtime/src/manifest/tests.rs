@@ -616,3 +616,154 @@ fn deadline_over_consumer_timeout_warned() {
     let loaded = load_texts(&[&text], Purpose::Run);
     assert!(loaded.problems.is_empty(), "{}", loaded.render());
 }
+
+/// A self-signed certificate and its key, for the checks of TLS files.
+const TEST_CERT: &str = include_str!("../../../tests/check/certs/client.pem");
+const TEST_KEY: &str = include_str!("../../../tests/check/certs/client.key");
+
+/// Writes `files` and one manifest into a fresh folder, loads the manifest
+/// for running with `lookup`, and returns the result with the folder, which
+/// is deleted again.
+fn load_with_files(
+    files: &[(&str, &str)],
+    manifest: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> (Loaded, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("switchyard-manifest-{}", uuid::Uuid::new_v4()));
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("manifest.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let loaded = load(&[path], Purpose::Run, lookup);
+    let _ = std::fs::remove_dir_all(&dir);
+    (loaded, dir)
+}
+
+const CERT_FILES: [(&str, &str); 3] = [
+    ("certs/ca.pem", TEST_CERT),
+    ("certs/client.pem", TEST_CERT),
+    ("certs/client.key", TEST_KEY),
+];
+
+#[test]
+fn tls_files_resolve_against_manifest_folder() {
+    let text = KAFKA.replace(
+        "bootstrap = \"127.0.0.1:9092\"",
+        "bootstrap = \"127.0.0.1:9093\"\n\
+         tls = { ca = \"certs/ca.pem\", cert = \"certs/client.pem\", key = \"certs/client.key\" }",
+    );
+    let (loaded, dir) = load_with_files(&CERT_FILES, &text, &no_env);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+    let files = &loaded.manifest.broker_tls["stream"];
+    assert_eq!(files.ca, Some(dir.join("certs/ca.pem")));
+    assert_eq!(files.cert, Some(dir.join("certs/client.pem")));
+    assert_eq!(files.key, Some(dir.join("certs/client.key")));
+}
+
+#[test]
+fn tls_file_path_from_variable() {
+    let dir = std::env::temp_dir().join(format!("switchyard-ca-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, TEST_CERT).unwrap();
+    let ca_text = ca.display().to_string();
+    let lookup = |name: &str| (name == "CA_FILE").then(|| ca_text.clone());
+    let text = KAFKA.replace(
+        "bootstrap = \"127.0.0.1:9092\"",
+        "bootstrap = \"127.0.0.1:9093\"\ntls = { ca = \"${CA_FILE}\" }",
+    );
+    let (loaded, _) = load_with_files(&[], &text, &lookup);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+    assert_eq!(loaded.manifest.broker_tls["stream"].ca, Some(ca));
+}
+
+#[test]
+fn missing_tls_file_named_with_path() {
+    let text = KAFKA.replace(
+        "bootstrap = \"127.0.0.1:9092\"",
+        "bootstrap = \"127.0.0.1:9093\"\ntls = { ca = \"certs/none.pem\" }",
+    );
+    let (loaded, dir) = load_with_files(&CERT_FILES, &text, &no_env);
+    assert_eq!(
+        codes(&loaded),
+        ["tls-file-not-found"],
+        "{}",
+        loaded.render()
+    );
+    let expected = dir.join("certs/none.pem").display().to_string();
+    assert!(
+        loaded.problems[0].message.contains(&expected),
+        "{}",
+        loaded.problems[0].message
+    );
+}
+
+#[test]
+fn certificate_as_key_file_rejected() {
+    let text = KAFKA.replace(
+        "bootstrap = \"127.0.0.1:9092\"",
+        "bootstrap = \"127.0.0.1:9093\"\n\
+         tls = { cert = \"certs/client.pem\", key = \"certs/client.pem\" }",
+    );
+    let (loaded, _) = load_with_files(&CERT_FILES, &text, &no_env);
+    assert_eq!(codes(&loaded), ["tls-file-invalid"], "{}", loaded.render());
+    assert!(
+        loaded.problems[0].message.contains("client key file"),
+        "{}",
+        loaded.problems[0].message
+    );
+}
+
+#[test]
+fn tls_on_plain_amqp_url_rejected() {
+    let text = BASE.replace(
+        "url = \"amqp://localhost\"",
+        "url = \"amqp://localhost\"\ntls = {}",
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["tls-without-amqps"], "{}", loaded.render());
+    let text = BASE.replace(
+        "url = \"amqp://localhost\"",
+        "url = \"amqps://localhost\"\ntls = {}",
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+}
+
+#[test]
+fn sasl_on_amqp_rejected() {
+    let text = BASE.replace(
+        "url = \"amqp://localhost\"",
+        "url = \"amqp://localhost\"\n\
+         sasl = { mechanism = \"PLAIN\", username = \"u\", password = \"${P:-}\" }",
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["unknown-key"], "{}", loaded.render());
+}
+
+#[test]
+fn sasl_credentials_expanded() {
+    let lookup = |name: &str| match name {
+        "KAFKA_USER" => Some("switchyard".to_owned()),
+        "KAFKA_PASSWORD" => Some("hunter2".to_owned()),
+        _ => None,
+    };
+    let text = KAFKA.replace(
+        "bootstrap = \"127.0.0.1:9092\"",
+        "bootstrap = \"127.0.0.1:9093\"\ntls = {}\nsasl = { mechanism = \"SCRAM-SHA-256\", \
+         username = \"${KAFKA_USER}\", password = \"${KAFKA_PASSWORD}\" }",
+    );
+    let (loaded, _) = load_with_files(&[], &text, &lookup);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+    let sasl = &loaded.manifest.broker_sasl["stream"];
+    assert_eq!(sasl.mechanism, SaslMechanism::ScramSha256);
+    assert_eq!(sasl.username, "switchyard");
+    assert_eq!(sasl.password, "hunter2");
+    let debug = format!("{sasl:?}");
+    assert!(!debug.contains("hunter2"), "password in Debug: {debug}");
+}

@@ -17,6 +17,7 @@ mod properties;
 mod publish;
 mod session;
 mod supervisor;
+mod tls;
 mod url;
 
 #[cfg(test)]
@@ -33,6 +34,7 @@ use tracing::{info, warn};
 use self::session::Shared;
 pub use self::url::redact_url;
 use super::{Broker, BrokerError, Deliveries, Message};
+use crate::manifest::TlsFiles;
 use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
 
 /// Settings of an AMQP broker connection.
@@ -56,6 +58,9 @@ pub struct AmqpOptions {
     pub reconnect_max_delay: Duration,
     /// The connection name that RabbitMQ shows for this connection.
     pub connection_name: Option<String>,
+    /// The manifest's `tls` files, which require an `amqps://` URL. An
+    /// `amqps://` URL without them trusts the system's CA certificates only.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for AmqpOptions {
@@ -68,6 +73,7 @@ impl Default for AmqpOptions {
             reconnect_initial_delay: Duration::from_millis(500),
             reconnect_max_delay: Duration::from_secs(30),
             connection_name: None,
+            tls: None,
         }
     }
 }
@@ -87,7 +93,14 @@ impl AmqpBroker {
     /// `BrokerError::Unreachable`.
     pub fn new(name: &str, url: &str, options: AmqpOptions) -> Result<Self, BrokerError> {
         let uri = url::parse_url(name, url)?;
-        let shared = Shared::new(name, uri, redact_url(url), options);
+        let redacted_url = redact_url(url);
+        let target = tls::Target {
+            broker: name,
+            redacted_url: &redacted_url,
+            files: options.tls.as_ref(),
+        };
+        tls::require_amqps(&target, &uri)?;
+        let shared = Shared::new(name, uri, redacted_url, options);
         Ok(Self {
             shared: Arc::new(shared),
             supervisor: Mutex::new(None),

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use lapin::options::ConfirmSelectOptions;
-use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use tokio::sync::watch;
 
 use super::AmqpOptions;
-use super::errors;
+use super::{errors, tls};
 use crate::broker::BrokerError;
 use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
 
@@ -114,19 +114,49 @@ impl Shared {
             properties = properties.with_connection_name(connection_name.as_str().into());
         }
 
-        let connect = Connection::connect_uri(self.uri.clone(), properties);
-        let connection = match tokio::time::timeout(self.options.connect_timeout, connect).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => return Err(self.unreachable(error.to_string())),
-            Err(_) => {
-                let timeout = self.options.connect_timeout;
-                return Err(self.unreachable(format!("timed out after {timeout:?}")));
-            }
-        };
+        let target = self.tls_target();
+        let builder = DefaultConnectionBuilder::new()
+            .map_err(|error| self.unreachable(error.to_string()))?
+            .with_uri(self.uri.clone())
+            .with_properties(properties)
+            .with_tls_config(tls::config(&target)?);
+        let connection =
+            match tokio::time::timeout(self.options.connect_timeout, builder.connect()).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(error)) => return Err(self.connect_error(&target, &error)),
+                Err(_) => {
+                    let timeout = self.options.connect_timeout;
+                    return Err(self.unreachable(format!("timed out after {timeout:?}")));
+                }
+            };
         Ok(Arc::new(Session::new(
             connection,
             self.options.publish_channels,
         )))
+    }
+
+    /// Returns the context that TLS errors name.
+    fn tls_target(&self) -> tls::Target<'_> {
+        tls::Target {
+            broker: &self.name,
+            redacted_url: &self.redacted_url,
+            files: self.options.tls.as_ref(),
+        }
+    }
+
+    /// Converts a failed connection attempt into an error that names the
+    /// cause and the fix where TLS explains it.
+    fn connect_error(&self, target: &tls::Target<'_>, error: &lapin::Error) -> BrokerError {
+        if self.uri.scheme == AMQPScheme::AMQPS {
+            if let Some(explained) = tls::explain_failure(target, error) {
+                return explained;
+            }
+            return self.unreachable(error.to_string());
+        }
+        match tls::plain_text_hint(error) {
+            Some(hint) => self.unreachable(format!("{error}; {hint}")),
+            None => self.unreachable(error.to_string()),
+        }
     }
 
     fn unreachable(&self, reason: String) -> BrokerError {
