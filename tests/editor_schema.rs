@@ -61,6 +61,8 @@ fn example_manifests() -> Vec<PathBuf> {
         .flatten()
         .map(|entry| entry.path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        // Test case files (`switchyard test`) are not manifests.
+        .filter(|path| !path.to_string_lossy().ends_with(".test.toml"))
         .collect();
     paths.sort();
     assert!(!paths.is_empty(), "manifests/ holds no .toml file");
