@@ -181,7 +181,7 @@ fn record_headers(message: &Message) -> OwnedHeaders {
 
 /// Converts a consumed record into a message. Header values that are not
 /// UTF-8 are kept with replacement characters.
-fn record_message<M: rdkafka::Message>(record: &M) -> Message {
+pub fn record_message<M: rdkafka::Message>(record: &M) -> Message {
     let mut headers = Headers::new();
     let mut content_type = None;
     if let Some(record_headers) = record.headers() {
