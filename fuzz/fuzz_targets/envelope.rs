@@ -14,7 +14,8 @@
 //! @message-id VALUE
 //! @expiration VALUE
 //! NAME: TYPE VALUE           an AMQP header; TYPE is listed in `amqp_value`
-//! NAME: VALUE                a Kafka header; `NAME` alone has no value
+//! NAME: VALUE                a Kafka header, NAME as raw bytes; `NAME`
+//!                            alone has no value
 //!
 //! BODY                       everything after the first empty line
 //! ```
@@ -28,7 +29,8 @@ use lapin::types::{
     AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
 };
 use libfuzzer_sys::fuzz_target;
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+use rdkafka::bindings::{rd_kafka_header_add, rd_kafka_headers_t, rd_kafka_resp_err_t};
+use rdkafka::message::{OwnedHeaders, OwnedMessage, Timestamp};
 use switchyard::broker::Message;
 use switchyard::broker::amqp::properties;
 use switchyard::broker::kafka::record_message;
@@ -130,16 +132,15 @@ fn amqp_message(routing_key: &[u8], lines: &[&[u8]], body: &[u8]) -> Message {
 }
 
 /// Builds the message that the Kafka consumer would build from a record.
+/// Header names are raw bytes, as a foreign producer can write them.
 fn kafka_message(record_key: Option<&[u8]>, lines: &[&[u8]], body: &[u8]) -> Message {
-    let mut headers = OwnedHeaders::new();
+    let headers = OwnedHeaders::new();
     for line in lines {
         let (name, value) = match split_header(line) {
             Some((name, value)) => (name, Some(value)),
             None => (*line, None),
         };
-        // librdkafka returns header names as C strings, which end at a NUL.
-        let name = text(name).replace('\0', "");
-        headers = headers.insert(Header { key: &name, value });
+        add_raw_header(&headers, name, value);
     }
     let record = OwnedMessage::new(
         Some(body.to_vec()),
@@ -151,6 +152,31 @@ fn kafka_message(record_key: Option<&[u8]>, lines: &[&[u8]], body: &[u8]) -> Mes
         Some(headers),
     );
     record_message(&record)
+}
+
+/// Adds a header through librdkafka's C API, which takes any bytes as the
+/// name, unlike `OwnedHeaders::insert`, which takes a `&str`. `None` adds a
+/// header without a value.
+fn add_raw_header(headers: &OwnedHeaders, name: &[u8], value: Option<&[u8]>) {
+    let native = std::ptr::from_ref(headers.as_borrowed())
+        .cast::<rd_kafka_headers_t>()
+        .cast_mut();
+    let (value, value_size) = match value {
+        Some(value) => (value.as_ptr().cast(), value.len()),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: `native` is the headers object that `headers` owns, and
+    // librdkafka copies the name and the value.
+    let error = unsafe {
+        rd_kafka_header_add(
+            native,
+            name.as_ptr().cast(),
+            isize::try_from(name.len()).expect("input length fits isize"),
+            value,
+            isize::try_from(value_size).expect("input length fits isize"),
+        )
+    };
+    assert_eq!(error, rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
 }
 
 fn split_at_space(line: &[u8]) -> (&[u8], &[u8]) {
