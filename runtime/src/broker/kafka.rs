@@ -11,6 +11,7 @@ mod reader;
 mod security;
 
 use std::collections::BTreeMap;
+use std::ffi::{CStr, c_char, c_void};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,9 +20,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
+use rdkafka::bindings::{rd_kafka_header_get_all, rd_kafka_headers_t, rd_kafka_resp_err_t};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use self::security::ErrorRecorder;
@@ -206,18 +208,40 @@ fn record_headers(message: &Message) -> OwnedHeaders {
     headers
 }
 
-/// Converts a consumed record into a message. Header values that are not
-/// UTF-8 are kept with replacement characters.
-fn record_message<M: rdkafka::Message>(record: &M) -> Message {
+/// Record headers whose librdkafka headers object can be read directly:
+/// the consumer's `BorrowedHeaders` and `OwnedHeaders`.
+pub trait NativeHeaders {
+    fn as_borrowed_headers(&self) -> &BorrowedHeaders;
+}
+
+impl NativeHeaders for BorrowedHeaders {
+    fn as_borrowed_headers(&self) -> &BorrowedHeaders {
+        self
+    }
+}
+
+impl NativeHeaders for OwnedHeaders {
+    fn as_borrowed_headers(&self) -> &BorrowedHeaders {
+        self.as_borrowed()
+    }
+}
+
+/// Converts a consumed record into a message. Header names and values that
+/// are not UTF-8 are kept with replacement characters.
+pub fn record_message<M>(record: &M) -> Message
+where
+    M: rdkafka::Message,
+    M::Headers: NativeHeaders,
+{
     let mut headers = Headers::new();
     let mut content_type = None;
     if let Some(record_headers) = record.headers() {
-        for header in record_headers.iter() {
-            let value = String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
-            if header.key == CONTENT_TYPE_HEADER {
+        for (name, value) in header_entries(record_headers.as_borrowed_headers()) {
+            let value = String::from_utf8_lossy(value.unwrap_or_default()).into_owned();
+            if name == CONTENT_TYPE_HEADER {
                 content_type = Some(value);
             } else {
-                headers.insert(header.key.to_owned(), HeaderValue::String(value));
+                headers.insert(name, HeaderValue::String(value));
             }
         }
     }
@@ -230,6 +254,43 @@ fn record_message<M: rdkafka::Message>(record: &M) -> Message {
         expiration: None,
         body: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
     }
+}
+
+/// Reads each header as its name, with bytes that are not UTF-8 replaced,
+/// and its value.
+///
+/// rdkafka 0.39's `Headers::get` and `Headers::iter` panic on a header name
+/// that is not UTF-8 (they unwrap `CStr::to_str`), and any producer can
+/// write such a name, so the names are read through librdkafka's C API.
+fn header_entries(headers: &BorrowedHeaders) -> Vec<(String, Option<&[u8]>)> {
+    // NOTE: this relies on how rdkafka 0.39 builds a `&BorrowedHeaders`: it
+    // casts the `rd_kafka_headers_t` pointer to one (`from_native_ptr`,
+    // `OwnedHeaders::as_borrowed`), and its own private `as_native_ptr`
+    // casts it back the same way.
+    let native = std::ptr::from_ref(headers).cast::<rd_kafka_headers_t>();
+    let mut entries = Vec::with_capacity(headers.count());
+    for index in 0..headers.count() {
+        let mut name: *const c_char = std::ptr::null();
+        let mut value: *const c_void = std::ptr::null();
+        let mut size = 0;
+        // SAFETY: `native` points to the headers that `headers` borrows, and
+        // the output pointers are valid for writes.
+        let error =
+            unsafe { rd_kafka_header_get_all(native, index, &mut name, &mut value, &mut size) };
+        if error != rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            break;
+        }
+        // SAFETY: on success librdkafka sets `name` to a NUL-terminated
+        // string and `value` to null or `size` bytes, both owned by the
+        // headers, which outlive the returned borrow.
+        let name = unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned();
+        let value = (!value.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) });
+        entries.push((name, value));
+    }
+    entries
 }
 
 #[async_trait]

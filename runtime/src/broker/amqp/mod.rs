@@ -13,7 +13,7 @@ mod conflict;
 mod consumer;
 mod declare;
 mod errors;
-mod properties;
+pub mod properties;
 mod publish;
 mod session;
 mod supervisor;

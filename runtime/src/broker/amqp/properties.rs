@@ -59,11 +59,7 @@ fn field_table(headers: &Headers) -> Result<FieldTable, BrokerError> {
 }
 
 /// Converts a delivered message back to a `Message`.
-pub(super) fn message(
-    routing_key: &ShortString,
-    properties: &BasicProperties,
-    body: Vec<u8>,
-) -> Message {
+pub fn message(routing_key: &ShortString, properties: &BasicProperties, body: Vec<u8>) -> Message {
     Message {
         routing_key: routing_key.to_string(),
         key: None,

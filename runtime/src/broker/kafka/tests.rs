@@ -173,3 +173,56 @@ fn security_hint_per_error_text() {
         None
     );
 }
+
+/// Adds a header through librdkafka's C API, which accepts any bytes as the
+/// name, as a record from a foreign producer can carry them.
+fn add_raw_header(headers: &OwnedHeaders, name: &[u8], value: &[u8]) {
+    let native = std::ptr::from_ref(headers.as_borrowed())
+        .cast::<rdkafka::bindings::rd_kafka_headers_t>()
+        .cast_mut();
+    // SAFETY: `native` is the headers object that `headers` owns, and
+    // librdkafka copies both byte strings.
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_header_add(
+            native,
+            name.as_ptr().cast(),
+            isize::try_from(name.len()).unwrap(),
+            value.as_ptr().cast(),
+            isize::try_from(value.len()).unwrap(),
+        )
+    };
+    assert_eq!(
+        error,
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+    );
+}
+
+#[test]
+fn header_name_not_utf8_replaced() {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "ce_id",
+        value: Some("e-1"),
+    });
+    add_raw_header(&headers, b"x-\xff\xfe", b"v");
+    add_raw_header(&headers, b"content-type", b"application/json");
+    let record = OwnedMessage::new(
+        Some(b"{}".to_vec()),
+        None,
+        "analytics".to_owned(),
+        Timestamp::NotAvailable,
+        0,
+        0,
+        Some(headers),
+    );
+    let message = record_message(&record);
+    assert_eq!(
+        message.headers.get("x-\u{fffd}\u{fffd}"),
+        Some(&HeaderValue::from("v"))
+    );
+    assert_eq!(
+        message.headers.get("ce_id"),
+        Some(&HeaderValue::from("e-1"))
+    );
+    assert_eq!(message.content_type.as_deref(), Some("application/json"));
+    assert_eq!(message.headers.len(), 2);
+}
