@@ -41,15 +41,26 @@ pub struct UpOptions {
 }
 
 /// Loads the manifests and their schemas for running, or fails with every
-/// problem rendered.
+/// problem rendered. Warnings go to stderr.
 pub fn load_for_run(paths: &[PathBuf]) -> anyhow::Result<(Manifest, Schemas)> {
-    let loaded = manifest::load(paths, Purpose::Run, &|name| std::env::var(name).ok());
+    let (manifest, schemas, warnings) = load_and_compile(paths, Purpose::Run)?;
+    if let Some(warnings) = warnings {
+        eprint!("{warnings}");
+    }
+    Ok((manifest, schemas))
+}
+
+/// Loads the manifests with `${VAR}` from the environment and compiles their
+/// schemas. Fails on any error, and returns the rendered warnings, if any.
+pub(crate) fn load_and_compile(
+    paths: &[PathBuf],
+    purpose: Purpose,
+) -> anyhow::Result<(Manifest, Schemas, Option<String>)> {
+    let loaded = manifest::load(paths, purpose, &|name| std::env::var(name).ok());
     if loaded.has_errors() {
         bail!("invalid manifest:\n{}", loaded.render());
     }
-    if !loaded.problems.is_empty() {
-        eprint!("{}", loaded.render());
-    }
+    let warnings = (!loaded.problems.is_empty()).then(|| loaded.render());
     let manifest = loaded.manifest;
     let (schemas, problems) = Schemas::compile(&manifest);
     if !problems.is_empty() {
@@ -58,7 +69,7 @@ pub fn load_for_run(paths: &[PathBuf]) -> anyhow::Result<(Manifest, Schemas)> {
             manifest::render(&problems, &manifest.files)
         );
     }
-    Ok((manifest, schemas))
+    Ok((manifest, schemas, warnings))
 }
 
 /// Runs the system until SIGINT or SIGTERM, then drains in-flight events.

@@ -9,13 +9,11 @@ mod run;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
-
 use self::compare::Mismatch;
 use self::file::{Case, CaseFile};
 use self::run::{Harness, Observation};
 use crate::manifest::{self, Purpose};
-use crate::schema::Schemas;
+use crate::system;
 
 /// Handler calls listed in a failure report; a looping case makes many.
 const REPORTED_CALLS: usize = 20;
@@ -31,19 +29,9 @@ pub struct Summary {
 /// manifests when none is given, and prints the results on stdout.
 pub async fn run(manifests: &[PathBuf], case_files: &[PathBuf]) -> anyhow::Result<Summary> {
     // As `check` does: an unset `${VAR}` is only a warning, because no
-    // broker is contacted.
-    let loaded = manifest::load(manifests, Purpose::Check, &|name| std::env::var(name).ok());
-    if loaded.has_errors() {
-        bail!("invalid manifest:\n{}", loaded.render());
-    }
-    let manifest = loaded.manifest;
-    let (schemas, problems) = Schemas::compile(&manifest);
-    if !problems.is_empty() {
-        bail!(
-            "invalid schema:\n{}",
-            manifest::render(&problems, &manifest.files)
-        );
-    }
+    // broker is contacted. Warnings are not printed, since the cases replace
+    // every broker with the embedded one.
+    let (manifest, schemas, _warnings) = system::load_and_compile(manifests, Purpose::Check)?;
 
     let paths = if case_files.is_empty() {
         file::discover(manifests).map_err(anyhow::Error::msg)?
