@@ -361,7 +361,8 @@ async fn read_body(
             )
         };
         // The unread rest of the body is still on the connection, so the
-        // server closes it. The header tells keep-alive clients not to reuse it.
+        // server closes it. The `Connection: close` header makes keep-alive
+        // clients open a new connection.
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

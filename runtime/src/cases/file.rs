@@ -221,7 +221,7 @@ fn plain_json(value: Value) -> Value {
 }
 
 /// Finds the case files beside the given manifests: every file whose name
-/// ends in `.test.toml` in a folder that holds one of them, sorted.
+/// ends in `.test.toml` in a folder that contains one of them, sorted.
 pub fn discover(manifests: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut folders: Vec<PathBuf> = manifests
         .iter()

@@ -6,7 +6,7 @@
 //! queue or topic has anything left. Each message goes through the same
 //! decode, validate and handler call as in `switchyard up`, and the events a
 //! handler emits are published and routed on. A failed call is recorded as
-//! a retry and not tried again, so a case never waits for a backoff.
+//! a retry and not tried again, so a case does not wait for a backoff.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use crate::topology;
 /// that keep causing more events.
 const MAX_CALLS: usize = 1000;
 
-/// What happened to the input event of a case.
+/// The record of what happened to the input event of a case.
 #[derive(Debug, Default)]
 pub struct Observation {
     /// The schema error that rejected the input; nothing was published.
@@ -41,7 +41,7 @@ pub struct Observation {
     pub routed: Vec<Landing>,
     /// Handler calls in the order they ran.
     pub calls: Vec<Call>,
-    /// Why the case stopped before every queue was empty.
+    /// The reason the case stopped before every queue was empty.
     pub unsettled: Option<String>,
 }
 

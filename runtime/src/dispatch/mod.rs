@@ -310,7 +310,7 @@ async fn decide(
     Ok(verdict.disposition)
 }
 
-/// What handling one message came to, before the events that the handler
+/// The result of handling one message, before the events that the handler
 /// emitted are published.
 pub(crate) struct Verdict {
     pub disposition: Disposition,

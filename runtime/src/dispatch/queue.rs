@@ -199,8 +199,8 @@ impl Unacknowledged {
     }
 }
 
-/// The key of a message in [`Unacknowledged`]: its message id, or for a
-/// message without one a hash of its routing key and body.
+/// Builds the key of a message in [`Unacknowledged`] from its message id,
+/// or from a hash of its routing key and body when it has no id.
 fn message_key(message: &Message) -> String {
     match &message.message_id {
         Some(id) => format!("id:{id}"),

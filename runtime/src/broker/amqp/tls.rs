@@ -177,7 +177,7 @@ fn client_certificate_missing(target: &Target<'_>, error: &rustls::Error) -> Str
 }
 
 /// Returns a hint for a failed plain-text (`amqp://`) connection attempt
-/// that the server closed or answered with something other than AMQP, as a
+/// that the server closed, or replied to with something other than AMQP, as a
 /// TLS port does. Returns `None` for a refused connection, a DNS failure or
 /// an error that the broker sent.
 pub(super) fn plain_text_hint(error: &lapin::Error) -> Option<&'static str> {

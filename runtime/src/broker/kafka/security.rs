@@ -101,7 +101,7 @@ impl ClientContext for ErrorRecorder {
 /// one. librdkafka 2.12 words these errors as matched here.
 pub(super) fn hint(broker: &str, error: &str) -> Option<String> {
     // The broker addresses in the text start with `sasl_ssl://` or
-    // `ssl://`, which say nothing about the cause.
+    // `ssl://`, which do not show the cause.
     let error = error
         .to_ascii_lowercase()
         .replace("sasl_ssl://", "")
