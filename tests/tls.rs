@@ -511,8 +511,11 @@ async fn kafka_wrong_ca_rejected() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// tansu 0.6 with in-memory storage keeps no SCRAM credentials, so every
-/// SCRAM login fails: this checks how switchyard reports that.
+/// tansu 0.6.0 built with `--features dynostore` cannot hold a SCRAM user.
+/// Its in-memory storage (`DynoStore` in tansu-storage 0.6.0) accepts
+/// AlterUserScramCredentials without storing anything and finds no
+/// credential at login. This checks how switchyard reports the failed login
+/// over `SASL_SSL`, with the password written in the manifest.
 #[tokio::test]
 async fn kafka_scram_rejected_login_reported() -> anyhow::Result<()> {
     let _serial = serial().await;
@@ -532,22 +535,79 @@ async fn kafka_scram_rejected_login_reported() -> anyhow::Result<()> {
 
     let manifests = [shop_manifest(), streaming];
     let env = [("KAFKA_BOOTSTRAP", bootstrap.as_str())];
-    let (output, _) = plan_all(&manifests, &url, &env).await?;
-    let expected = ["broker `stream`", "rejected the SASL credentials"];
-    assert_rejected(&output, &expected);
+    assert_sasl_login_rejected(&fixture, &manifests, &url, &env, password).await?;
+    stunnel.stop().await?;
+    drop(tansu);
+    Ok(())
+}
+
+/// The same rejected login as `kafka_scram_rejected_login_reported`, over
+/// `SASL_PLAINTEXT` straight to tansu with `SCRAM-SHA-512` and the password
+/// read from `${VAR}`.
+#[tokio::test]
+async fn kafka_sasl_plaintext_rejected_login_reported() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let fixture = Fixture::new()?;
+    let vhost = ScopedVhost::create("kafka-sasl-plaintext")?;
+    let port = free_port()?;
+    let tansu = Tansu::start_with(fixture.path(), port, port, &["--authentication"]).await?;
+    let sasl = string_table(&[
+        ("mechanism", "SCRAM-SHA-512"),
+        ("username", "switchyard"),
+        ("password", "${TEST_KAFKA_PASSWORD}"),
+    ]);
+    // No `tls` table, so switchyard connects with `SASL_PLAINTEXT`.
+    let mut settings = toml::Table::new();
+    settings.insert("sasl".to_owned(), toml::Value::Table(sasl));
+    let streaming = fixture.manifest(&streaming_manifest(), "stream", settings)?;
+    let url = amqp_url("amqp", 5672, &vhost);
+    let password = "kafka-password-4b8e";
+
+    let manifests = [shop_manifest(), streaming];
+    let bootstrap = tansu.bootstrap();
+    let env = [
+        ("KAFKA_BOOTSTRAP", bootstrap.as_str()),
+        ("TEST_KAFKA_PASSWORD", password),
+    ];
+    assert_sasl_login_rejected(&fixture, &manifests, &url, &env, password).await?;
+    drop(tansu);
+    Ok(())
+}
+
+/// Checks that `plan` and `up` report the SASL login that tansu rejects at
+/// broker `stream`, for a user it does not know, with the cause and the fix.
+/// `plan` exits 1, and `up` keeps retrying and names the cause in /readyz.
+/// `password` appears in none of their output, and the AMQP password not in
+/// `plan`'s.
+async fn assert_sasl_login_rejected(
+    fixture: &Fixture,
+    manifests: &[PathBuf],
+    url: &str,
+    env: &[(&str, &str)],
+    password: &str,
+) -> anyhow::Result<()> {
+    let (output, _) = plan_all(manifests, url, env).await?;
+    let expected = [
+        "broker `stream`",
+        "rejected the SASL credentials",
+        "check `sasl.mechanism`, `sasl.username` and `sasl.password` of broker `stream`",
+    ];
+    for secret in [password, AMQP_CREDENTIALS] {
+        assert_rejected_without(&output, &expected, secret);
+    }
+    // librdkafka quotes the SCRAM error that tansu sent, which shows that
+    // tansu found no credential for the user.
     assert!(
-        !output.stderr.contains(password),
-        "plan's output shows the SASL password:\n{}",
+        output.stderr.contains("unknown-user"),
+        "plan's error lacks tansu's SCRAM error `unknown-user`:\n{}",
         output.stderr
     );
 
-    // `up` keeps retrying, names the cause in /readyz, and logs every
-    // librdkafka error without the password.
     let process = Switchyard::spawn_with_env(
         fixture.path(),
-        &manifests,
-        BrokerMode::Url(url.clone()),
-        &env,
+        manifests,
+        BrokerMode::Url(url.to_owned()),
+        env,
     )
     .await?;
     let detail =
@@ -557,13 +617,17 @@ async fn kafka_scram_rejected_login_reported() -> anyhow::Result<()> {
         !detail.contains(password),
         "/readyz shows the SASL password: {detail}"
     );
+    // librdkafka reports each failed login as an error, which `up` logs.
     let stopped = process.stop_cleanly().await?;
+    assert!(
+        stopped.stderr.contains("Kafka client error"),
+        "the log has no Kafka client error:\n{}",
+        stopped.stderr
+    );
     assert!(
         !stopped.stderr.contains(password),
         "the log shows the SASL password:\n{}",
         stopped.stderr
     );
-    stunnel.stop().await?;
-    drop(tansu);
     Ok(())
 }
