@@ -106,7 +106,7 @@ impl KafkaBroker {
             .map_err(|err| unreachable(format!("cannot create the admin client: {err}")))?;
 
         if let Err(err) = fetch_metadata(&producer, None).await {
-            let mut reason = format!("no answer from `{bootstrap}`: {err}");
+            let mut reason = format!("the metadata request to `{bootstrap}` failed: {err}");
             if let Some(last) = last_error.get() {
                 reason.push_str(&format!("; the client reported: {last}"));
                 if let Some(hint) = security::hint(name, &last) {
