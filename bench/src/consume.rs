@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::figures::Figure;
 use crate::fixture::legacy_order_event;
-use crate::process::{ResidentPeak, counter_value};
+use crate::process::{Process, ResidentPeak, counter_value};
 use crate::rabbit::{self, AckMode};
 use crate::suite::Suite;
 
@@ -24,7 +24,7 @@ const PIPELINE_QUEUE: &str = "pipeline";
 /// Queue the baselines drain, declared by the suite.
 const BASELINE_QUEUE: &str = "baseline-consume";
 /// Maximum wait for one drain.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The rates of one alternating run, in messages per second, and the peak
 /// resident memory of switchyard and Node.js in MiB.
@@ -121,42 +121,54 @@ async fn preload(suite: &Suite, queue: &str, body: &[u8]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Starts switchyard on the pre-loaded pipeline queue and polls `/metrics`
-/// every 10 ms. Returns the rate from the first poll that saw a handled
-/// event to the one that saw all of them, and the peak resident memory.
+/// Starts switchyard on the pre-loaded pipeline queue and returns the rate
+/// of `handled_rate` and the peak resident memory.
 async fn drain_switchyard(suite: &Suite) -> anyhow::Result<(f64, f64)> {
     let (mut process, base) =
         suite.start_switchyard("consume", "bench/manifests/pipeline.toml", &[])?;
     let peak = ResidentPeak::start(process.pid());
-    let target = f64::from(suite.messages);
+    let rate = handled_rate(suite, &mut process, &base, PIPELINE_QUEUE, suite.messages).await?;
+    let peak = peak.finish();
+    process.stop().await?;
+    Ok((rate, peak))
+}
+
+/// Polls switchyard's `/metrics` every 10 ms until `consumer` has handled
+/// `target` events successfully. Returns the rate from the first poll that
+/// saw a handled event to the one that saw all of them.
+pub async fn handled_rate(
+    suite: &Suite,
+    process: &mut Process,
+    base: &str,
+    consumer: &str,
+    target: u32,
+) -> anyhow::Result<f64> {
+    let target = f64::from(target);
     let started = Instant::now();
     let mut first: Option<(Instant, f64)> = None;
-    let rate = loop {
+    loop {
         if started.elapsed() > DRAIN_TIMEOUT {
             bail!("switchyard did not handle {target} events within {DRAIN_TIMEOUT:?}");
         }
         process.check_running()?;
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let Ok(metrics) = suite.metrics(&base).await else {
+        let Ok(metrics) = suite.metrics(base).await else {
             continue;
         };
         let handled = counter_value(
             &metrics,
             "switchyard_events_handled_total",
-            &[("consumer", PIPELINE_QUEUE), ("outcome", "ok")],
+            &[("consumer", consumer), ("outcome", "ok")],
         );
         let now = Instant::now();
         match first {
             None if handled > 0.0 => first = Some((now, handled)),
             Some((at, count)) if handled >= target => {
-                break (target - count) / (now - at).as_secs_f64();
+                return Ok((target - count) / (now - at).as_secs_f64());
             }
             _ => {}
         }
-    };
-    let peak = peak.finish();
-    process.stop().await?;
-    Ok((rate, peak))
+    }
 }
 
 /// Runs the Node.js consumer loop on the baseline queue and returns the rate

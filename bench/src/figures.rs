@@ -75,6 +75,9 @@ pub struct Machine {
     pub memory_mib: u64,
     pub kernel: String,
     pub rabbitmq: String,
+    /// Version of tansu, the Kafka-protocol broker of the Kafka scenario, as
+    /// `tansu --version` prints it. Empty when tansu is not installed.
+    pub kafka_broker: String,
     pub node: String,
     pub wrk: String,
     pub git_commit: String,
@@ -107,6 +110,7 @@ impl Machine {
             memory_mib: memory_kib / 1024,
             kernel: command_output("uname", &["-r"]),
             rabbitmq: rabbitmq_version(),
+            kafka_broker: crate::tansu::version(),
             node: command_output("node", &["--version"]),
             wrk: command_output("wrk", &["--version"])
                 .lines()

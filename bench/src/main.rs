@@ -1,5 +1,6 @@
 //! switchyard's benchmark suite: runs switchyard and its baselines side by
-//! side on the same RabbitMQ node, alternating, and writes the medians and
+//! side on the same RabbitMQ node (and, for Kafka, the same tansu broker),
+//! alternating, and writes the medians and
 //! ratios as a table and as `summary.json`. `bench/run` builds everything
 //! and calls this driver; see docs/benchmarks.md.
 
@@ -9,11 +10,13 @@ mod embedded;
 mod figures;
 mod fixture;
 mod http;
+mod kafka;
 mod process;
 mod rabbit;
 mod reload;
 mod startup;
 mod suite;
+mod tansu;
 mod wrk;
 
 use std::path::PathBuf;
@@ -38,6 +41,9 @@ enum Scenario {
     Startup,
     /// Hot-reload latency of a handler file, and throughput while reloading.
     Reload,
+    /// Kafka consume pipeline and HTTP publish to Kafka against raw
+    /// rdkafka, on a tansu broker that the scenario starts.
+    Kafka,
 }
 
 #[derive(Debug, Parser)]
@@ -53,7 +59,8 @@ struct Options {
     /// each figure is the median.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Messages pre-loaded for each consume run.
+    /// Messages pre-loaded for each consume run, and records of each raw
+    /// rdkafka produce run.
     #[arg(long, default_value_t = 20_000)]
     messages: u32,
     /// Seconds of each wrk run.
@@ -95,8 +102,12 @@ async fn main() -> std::process::ExitCode {
 async fn run(options: Options) -> anyhow::Result<bool> {
     let mut machine = Machine::describe(options.runs);
     println!(
-        "{} cores, {} MiB, RabbitMQ {}, load {}",
-        machine.cores, machine.memory_mib, machine.rabbitmq, machine.load_at_start
+        "{} cores, {} MiB, RabbitMQ {}, Kafka broker {}, load {}",
+        machine.cores,
+        machine.memory_mib,
+        machine.rabbitmq,
+        machine.kafka_broker,
+        machine.load_at_start
     );
     let vhost = rabbit::Vhost::create(&options.vhost)?;
     let amqp_url = vhost.url();
@@ -138,6 +149,7 @@ async fn run(options: Options) -> anyhow::Result<bool> {
             Scenario::Embedded => embedded::run(&suite).await,
             Scenario::Startup => startup::run(&suite).await,
             Scenario::Reload => reload::run(&suite).await,
+            Scenario::Kafka => kafka::run(&suite, !options.only.is_empty()).await,
         };
         match result {
             Ok(measured) => figures.extend(measured),

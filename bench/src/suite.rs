@@ -22,7 +22,8 @@ pub struct Suite {
     pub logs: PathBuf,
     /// Runs of each side of every figure.
     pub runs: usize,
-    /// Messages pre-loaded for each consume run.
+    /// Messages pre-loaded for each consume run, and records of each raw
+    /// rdkafka produce run.
     pub messages: u32,
     /// Length of each wrk run.
     pub http_duration: Duration,
@@ -47,12 +48,25 @@ impl Suite {
         manifest: &str,
         extra: &[&str],
     ) -> anyhow::Result<(Process, String)> {
+        self.start_switchyard_with_env(label, manifest, extra, &[])
+    }
+
+    /// Starts switchyard as `start_switchyard` does, with the extra
+    /// environment variables `env`, such as `KAFKA_BOOTSTRAP`.
+    pub fn start_switchyard_with_env(
+        &self,
+        label: &str,
+        manifest: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Process, String)> {
         let port = process::free_port()?;
         let mut command = Command::new(&self.switchyard);
         command
             .arg("up")
             .arg(self.path(manifest))
             .args(extra)
+            .envs(env.iter().copied())
             .env("RABBITMQ_URL", &self.amqp_url)
             .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
@@ -72,7 +86,20 @@ impl Suite {
         manifest: &str,
         extra: &[&str],
     ) -> anyhow::Result<(Process, String)> {
-        let (mut process, base) = self.start_switchyard(label, manifest, extra)?;
+        self.start_switchyard_ready_with_env(label, manifest, extra, &[])
+            .await
+    }
+
+    /// Starts switchyard with the extra environment variables `env` and
+    /// waits until `/readyz` returns 200.
+    pub async fn start_switchyard_ready_with_env(
+        &self,
+        label: &str,
+        manifest: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Process, String)> {
+        let (mut process, base) = self.start_switchyard_with_env(label, manifest, extra, env)?;
         let ready = format!("{base}/readyz");
         let poll = Duration::from_millis(20);
         process::wait_for_ok(
