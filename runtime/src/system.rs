@@ -165,20 +165,18 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         producers(&manifest)?,
         admin_address.is_some(),
     );
-    let header_timeout = manifest.header_timeout;
+    let timeouts = ingress::ConnectionTimeouts {
+        header: manifest.header_timeout,
+        write: manifest.write_timeout,
+    };
     let mut http = tokio::task::JoinSet::new();
-    http.spawn(ingress::serve(
-        listener,
-        app,
-        header_timeout,
-        shutdown.clone(),
-    ));
+    http.spawn(ingress::serve(listener, app, timeouts, shutdown.clone()));
     if let Some(admin_listener) = admin_listener {
         let admin = ingress::admin_router(ingress);
         http.spawn(ingress::serve(
             admin_listener,
             admin,
-            header_timeout,
+            timeouts,
             shutdown.clone(),
         ));
     }

@@ -89,6 +89,11 @@ pub struct RuntimeSection {
     /// such as `30s`. Default `30s`.
     #[schemars(with = "Option<String>")]
     pub body_timeout: Option<Spanned<HumanDuration>>,
+    /// Time a response write may wait for the client to read, such as
+    /// `30s`; a client that reads nothing for that long is disconnected.
+    /// Default `30s`.
+    #[schemars(with = "Option<String>")]
+    pub write_timeout: Option<Spanned<HumanDuration>>,
     /// Credentials that every producer without an `auth` of its own accepts:
     /// names of `[credentials]` entries, or `"none"`. Default `"none"`, so
     /// such producers accept requests without credentials.
