@@ -780,7 +780,7 @@ fn producers(manifest: &Manifest) -> anyhow::Result<Vec<Producer>> {
 }
 
 /// Resolves a consumer's grants: the values of its environment variables
-/// now, and its folders. A granted variable that is not set is left out;
+/// now, its folders and its endpoints. A granted variable that is not set is left out;
 /// loading the manifest warned about it.
 fn grants(manifest: &Manifest, consumer: &str, def: &manifest::GrantsDef) -> Grants {
     let env = def
@@ -794,6 +794,12 @@ fn grants(manifest: &Manifest, consumer: &str, def: &manifest::GrantsDef) -> Gra
     Grants {
         env,
         read_dirs: manifest.granted_dirs(consumer),
+        // Loading the manifest reported endpoints that do not parse.
+        connect: def
+            .connect
+            .iter()
+            .filter_map(|endpoint| endpoint.get_ref().parse().ok())
+            .collect(),
     }
 }
 

@@ -663,7 +663,7 @@ impl Default for LimitsDef {
     }
 }
 
-/// Host resources a handler may use. The network is never granted.
+/// Host resources a handler may use; nothing unless granted here.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantsDef {
@@ -678,6 +678,13 @@ pub struct GrantsDef {
     #[schemars(with = "BTreeMap<String, String>")]
     #[serde(default)]
     pub read_dirs: BTreeMap<String, Spanned<String>>,
+    /// Endpoints the handler may open TCP connections to, as `host:port`,
+    /// such as `["redis:6379", "10.0.0.7:443"]`. Host names are looked up
+    /// at each connection. A handler with endpoints may also look up names;
+    /// every other socket use is denied.
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub connect: Vec<Spanned<String>>,
 }
 
 fn default_true() -> bool {
