@@ -18,8 +18,8 @@ use switchyard_tests::{
     BrokerMode, RunOptions, Switchyard, component, free_loopback_address, rabbitmq, rabbitmqctl,
     repo_root, serial, shop_manifest, switchyard_binary, unique_suffix,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 
 const REJECTED: &str = "switchyard_http_requests_rejected_total";
 const PUBLISHED: &str = "switchyard_events_published_total";
@@ -469,7 +469,10 @@ async fn admin_listener_serves_probes_alone() -> anyhow::Result<()> {
 
 /// Reads from `stream` until the server closes it or `timeout` passes, and
 /// returns what arrived and whether the server closed the connection.
-async fn read_until_closed(stream: &mut TcpStream, timeout: Duration) -> (String, bool) {
+async fn read_until_closed(
+    stream: &mut (impl AsyncRead + Unpin),
+    timeout: Duration,
+) -> (String, bool) {
     let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + timeout;
@@ -577,6 +580,59 @@ async fn slow_clients_cut_off() -> anyhow::Result<()> {
     );
     process.stop_cleanly().await?;
     assert_eq!(rabbitmq().depth(INBOX).await?, 3, "events in {INBOX}");
+    rabbitmq().reset(&[&manifest]).await?;
+    Ok(())
+}
+
+/// A client that sends requests and reads none of the responses is cut off
+/// once a response has waited `write_timeout` to be read; it keeps neither
+/// its connection nor the server busy.
+#[tokio::test]
+async fn client_that_stops_reading_cut_off() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir()?;
+    // The header deadline is far away, so it cannot be what closes the
+    // connection.
+    let runtime = "header_timeout = \"60s\"\nwrite_timeout = \"1s\"";
+    let manifest = write_manifest(dir.path(), runtime)?;
+    let options = RunOptions {
+        env: secrets_env(),
+        ..RunOptions::default()
+    };
+    let process = start(dir.path(), &manifest, &options).await?;
+
+    // A small receive buffer, so that unread responses back up soon. The
+    // server's send buffer grows to 4 MiB on Linux by default, and the
+    // requests below ask for more than that.
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let (mut reader, mut writer) = socket.connect(process.address()).await?.into_split();
+    const REQUESTS: usize = 40_000;
+    let requests = "GET /metrics HTTP/1.1\r\nHost: switchyard\r\n\r\n".repeat(REQUESTS);
+    let sender = tokio::spawn(async move {
+        // The server may close the connection before it has read them all.
+        let _ = writer.write_all(requests.as_bytes()).await;
+        writer
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let served = answer(&process, "/signups", &[]).await?;
+    assert_eq!(served.status, StatusCode::ACCEPTED, "{}", served.body);
+
+    let (received, closed) = read_until_closed(&mut reader, Duration::from_secs(10)).await;
+    let answered = received.matches("HTTP/1.1 200").count();
+    assert!(
+        closed,
+        "the connection of a client that read nothing for 3 s stays open \
+         ({answered} responses, {} bytes read)",
+        received.len()
+    );
+    assert!(
+        answered < REQUESTS,
+        "all {REQUESTS} requests were answered, so the server never waited on the client"
+    );
+    sender.abort();
+    process.stop_cleanly().await?;
     rabbitmq().reset(&[&manifest]).await?;
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! per handler component, a fresh `Store` per call with a deadline, a
 //! memory cap and a cap on emitted data. Guests get WASI 0.2 with clocks and
 //! random, and their stdout and stderr go to the log. They get no network,
-//! and no filesystem or environment beyond their consumer's grants.
+//! filesystem or environment beyond their consumer's grants, and the host
+//! logs and counts what it denies them (see `sandbox`).
 
 mod output;
+mod sandbox;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -90,6 +92,48 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     /// Read-only folders: the path the guest opens, and the host folder.
     pub read_dirs: Vec<(String, PathBuf)>,
+    /// Endpoints the handler may open TCP connections to.
+    pub connect: Vec<Endpoint>,
+}
+
+/// A host and port a handler may connect to, written `host:port`, where
+/// the host is an IP address or a name (IPv6 addresses in brackets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (host, port) = text.rsplit_once(':').ok_or_else(|| {
+            "expected `host:port`, such as `127.0.0.1:6379` or `redis:6379`".to_owned()
+        })?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| format!("`{port}` is not a port number from 1 to 65535"))?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err("the host is empty; expected `host:port`".to_owned());
+        }
+        if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!(
+                "`{host}` is neither a host name nor an IP address; write an IPv6 address in \
+                 brackets, such as `[::1]:6379`"
+            ));
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+        })
+    }
 }
 
 /// Inputs a handler call may read: its consumer's name and config, and the
@@ -272,6 +316,7 @@ impl HandlerHost {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(host_error)?;
+        sandbox::watch_open_at(&mut linker).map_err(host_error)?;
         bindings::Handler::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
             .map_err(host_error)?;
 
@@ -403,7 +448,18 @@ impl HandlerHost {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
-            .envs(&context.grants.env);
+            .envs(&context.grants.env)
+            // Sockets may be created, so that every use of an address
+            // reaches the check below, which denies, logs and counts it.
+            .allow_tcp(true)
+            .allow_udp(true)
+            .socket_addr_check(sandbox::socket_check(
+                context.consumer.clone(),
+                context.grants.clone(),
+            ))
+            // Name lookups reach a DNS server, so only a handler with
+            // endpoints to connect to may make them.
+            .allow_ip_name_lookup(!context.grants.connect.is_empty());
         for (guest, host) in &context.grants.read_dirs {
             wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
                 .map_err(|err| {

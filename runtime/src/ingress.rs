@@ -20,7 +20,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 
 pub use auth::{Credential, Credentials, Scheme};
-pub use server::serve;
+pub use server::{ConnectionTimeouts, serve};
 
 use crate::dispatch::{PublishError, Publisher};
 use crate::event::{Event, is_json_content_type};

@@ -165,20 +165,18 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         producers(&manifest)?,
         admin_address.is_some(),
     );
-    let header_timeout = manifest.header_timeout;
+    let timeouts = ingress::ConnectionTimeouts {
+        header: manifest.header_timeout,
+        write: manifest.write_timeout,
+    };
     let mut http = tokio::task::JoinSet::new();
-    http.spawn(ingress::serve(
-        listener,
-        app,
-        header_timeout,
-        shutdown.clone(),
-    ));
+    http.spawn(ingress::serve(listener, app, timeouts, shutdown.clone()));
     if let Some(admin_listener) = admin_listener {
         let admin = ingress::admin_router(ingress);
         http.spawn(ingress::serve(
             admin_listener,
             admin,
-            header_timeout,
+            timeouts,
             shutdown.clone(),
         ));
     }
@@ -782,7 +780,7 @@ fn producers(manifest: &Manifest) -> anyhow::Result<Vec<Producer>> {
 }
 
 /// Resolves a consumer's grants: the values of its environment variables
-/// now, and its folders. A granted variable that is not set is left out;
+/// now, its folders and its endpoints. A granted variable that is not set is left out;
 /// loading the manifest warned about it.
 fn grants(manifest: &Manifest, consumer: &str, def: &manifest::GrantsDef) -> Grants {
     let env = def
@@ -796,6 +794,12 @@ fn grants(manifest: &Manifest, consumer: &str, def: &manifest::GrantsDef) -> Gra
     Grants {
         env,
         read_dirs: manifest.granted_dirs(consumer),
+        // Loading the manifest reported endpoints that do not parse.
+        connect: def
+            .connect
+            .iter()
+            .filter_map(|endpoint| endpoint.get_ref().parse().ok())
+            .collect(),
     }
 }
 

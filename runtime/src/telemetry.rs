@@ -25,6 +25,7 @@ pub const BROKER_CONNECTED: &str = "switchyard_broker_connected";
 pub const BROKER_RECONNECTS: &str = "switchyard_broker_reconnects_total";
 pub const PREFETCH_UTILIZATION: &str = "switchyard_consumer_prefetch_utilization_ratio";
 pub const LIMIT_HITS: &str = "switchyard_handler_limit_hits_total";
+pub const HANDLER_DENIALS: &str = "switchyard_handler_denials_total";
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -177,6 +178,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_counter!(
         LIMIT_HITS,
         "Handler calls stopped by a limit: deadline, memory or emit_size."
+    );
+    metrics::describe_counter!(
+        HANDLER_DENIALS,
+        "Accesses the sandbox denied a handler, by resource: network or filesystem."
     );
     metrics::describe_gauge!(
         PREFETCH_UTILIZATION,

@@ -16,7 +16,7 @@ pub struct ChaosConsumer {
     /// Binding key of the queue, such as `order.placed`.
     pub binding_key: String,
     /// `config.mode` of the chaos guest: ok, retry, reject, spin, trap,
-    /// alloc or emit.
+    /// alloc, emit, connect or open.
     pub mode: String,
     /// Further `config` entries, such as `emit-type` for mode `emit`.
     pub config: Vec<(String, String)>,
@@ -27,6 +27,8 @@ pub struct ChaosConsumer {
     pub prefetch: u16,
     /// `limits.emit_size`, when not the default.
     pub emit_size: Option<String>,
+    /// `grants` as a TOML inline table, such as `{ connect = ["127.0.0.1:80"] }`.
+    pub grants: Option<String>,
 }
 
 impl ChaosConsumer {
@@ -44,6 +46,7 @@ impl ChaosConsumer {
             prefetch: 16,
             config: Vec::new(),
             emit_size: None,
+            grants: None,
         }
     }
 
@@ -55,6 +58,12 @@ impl ChaosConsumer {
 
     pub fn emit_size(mut self, size: &str) -> Self {
         self.emit_size = Some(size.to_owned());
+        self
+    }
+
+    /// Sets `grants`, a TOML inline table.
+    pub fn grants(mut self, table: &str) -> Self {
+        self.grants = Some(table.to_owned());
         self
     }
 
@@ -173,7 +182,7 @@ concurrency = {concurrency}
 retry = {{ max_attempts = {attempts}, backoff = {backoff} }}
 limits = {{ timeout = {timeout}, memory = "64MiB"{emit_size} }}
 config = {{ mode = {mode}{config} }}
-"#,
+{grants}"#,
             prefetch = consumer.prefetch,
             concurrency = consumer.concurrency,
             attempts = consumer.max_attempts,
@@ -190,6 +199,11 @@ config = {{ mode = {mode}{config} }}
                 .iter()
                 .map(|(key, value)| format!(", {} = {}", toml_string(key), toml_string(value)))
                 .collect::<String>(),
+            grants = consumer
+                .grants
+                .as_ref()
+                .map(|table| format!("grants = {table}\n"))
+                .unwrap_or_default(),
         );
     }
     text

@@ -1,8 +1,9 @@
-//! Checks of consumers' `grants`: a granted folder must exist, and a granted
-//! environment variable that is not set is worth a warning, because the
-//! handler would run without it.
+//! Checks of consumers' `grants`: a granted folder must exist, an endpoint
+//! must read `host:port`, and a granted environment variable that is not set
+//! is worth a warning, because the handler would run without it.
 
 use super::{Manifest, Problem};
+use crate::handler::Endpoint;
 
 pub(super) fn check(
     manifest: &Manifest,
@@ -40,6 +41,21 @@ pub(super) fn check(
                     )
                     .at(entry.file, host.span())
                     .hint("create the folder, or give its path relative to this manifest's folder"),
+                );
+            }
+        }
+        for endpoint in &grants.connect {
+            if let Err(reason) = endpoint.get_ref().parse::<Endpoint>() {
+                problems.push(
+                    Problem::error(
+                        "granted-endpoint-invalid",
+                        format!(
+                            "consumer `{name}` is granted endpoint `{}`, which is not `host:port`: {reason}",
+                            endpoint.get_ref()
+                        ),
+                    )
+                    .at(entry.file, endpoint.span())
+                    .hint("write a host name or IP address and a port, such as `redis:6379` or `[::1]:6379`"),
                 );
             }
         }

@@ -65,6 +65,7 @@ pub struct Manifest {
     pub json_depth_limit: u32,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    pub write_timeout: Duration,
     /// `runtime.auth`: the credentials of producers without an `auth` of
     /// their own.
     pub auth: Option<Entry<Spanned<AuthDef>>>,
@@ -123,6 +124,7 @@ pub const DEFAULT_JSON_DEPTH_LIMIT: u32 = 64;
 pub const MAX_JSON_DEPTH_LIMIT: u32 = 127;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Manifest {
     /// Returns the path of an event's schema file.
@@ -227,6 +229,7 @@ pub fn load(
         json_depth_limit: DEFAULT_JSON_DEPTH_LIMIT,
         header_timeout: DEFAULT_HEADER_TIMEOUT,
         body_timeout: DEFAULT_BODY_TIMEOUT,
+        write_timeout: DEFAULT_WRITE_TIMEOUT,
         ..Manifest::default()
     };
     let mut problems = Vec::new();
@@ -379,6 +382,11 @@ fn merge(
             "body_timeout",
             runtime.body_timeout,
             &mut manifest.body_timeout,
+        ),
+        (
+            "write_timeout",
+            runtime.write_timeout,
+            &mut manifest.write_timeout,
         ),
     ] {
         let Some(value) = value else {

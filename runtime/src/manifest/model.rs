@@ -89,6 +89,11 @@ pub struct RuntimeSection {
     /// such as `30s`. Default `30s`.
     #[schemars(with = "Option<String>")]
     pub body_timeout: Option<Spanned<HumanDuration>>,
+    /// Time a response write may wait for the client to read, such as
+    /// `30s`; a client that reads nothing for that long is disconnected.
+    /// Default `30s`.
+    #[schemars(with = "Option<String>")]
+    pub write_timeout: Option<Spanned<HumanDuration>>,
     /// Credentials that every producer without an `auth` of its own accepts:
     /// names of `[credentials]` entries, or `"none"`. Default `"none"`, so
     /// such producers accept requests without credentials.
@@ -658,7 +663,7 @@ impl Default for LimitsDef {
     }
 }
 
-/// Host resources a handler may use. The network is never granted.
+/// Host resources a handler may use; nothing unless granted here.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantsDef {
@@ -673,6 +678,13 @@ pub struct GrantsDef {
     #[schemars(with = "BTreeMap<String, String>")]
     #[serde(default)]
     pub read_dirs: BTreeMap<String, Spanned<String>>,
+    /// Endpoints the handler may open TCP connections to, as `host:port`,
+    /// such as `["redis:6379", "10.0.0.7:443"]`. Host names are looked up
+    /// at each connection. A handler with endpoints may also look up names;
+    /// every other socket use is denied.
+    #[schemars(with = "Vec<String>")]
+    #[serde(default)]
+    pub connect: Vec<Spanned<String>>,
 }
 
 fn default_true() -> bool {

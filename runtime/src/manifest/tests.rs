@@ -384,7 +384,7 @@ fn literal_sasl_password_warned() {
 
 #[test]
 fn grants_checked() {
-    let grants = "grants = { env = [\"SWITCHYARD_TEST_UNSET\"], read_dirs = { \"/data\" = \"no-such-folder\" } }";
+    let grants = "grants = { env = [\"SWITCHYARD_TEST_UNSET\"], read_dirs = { \"/data\" = \"no-such-folder\" }, connect = [\"redis:6379\", \"redis\", \"[::1]:0\"] }";
     let text = ROUTED.replace(
         "handler = \"h.wasm\"",
         &format!("handler = \"h.wasm\"\n{grants}"),
@@ -392,17 +392,29 @@ fn grants_checked() {
     let loaded = load_texts(&[&text], Purpose::Run);
     assert_eq!(
         codes(&loaded),
-        ["granted-variable-unset", "granted-folder-not-found"],
+        [
+            "granted-variable-unset",
+            "granted-folder-not-found",
+            "granted-endpoint-invalid",
+            "granted-endpoint-invalid"
+        ],
         "{}",
         loaded.render()
     );
     assert_eq!(loaded.problems[0].severity, Severity::Warning);
     assert_eq!(loaded.problems[1].severity, Severity::Error);
-    // Both point into the `grants` line: at the variable, then at the folder.
+    // Each points into the `grants` line, at its value.
     let line = text.lines().position(|l| l.starts_with("grants")).unwrap() + 1;
     let column = |needle: &str| grants.find(needle).unwrap() + 1;
     assert_eq!(position(&loaded, 0), (line, column("\"SWITCHYARD")));
     assert_eq!(position(&loaded, 1), (line, column("\"no-such")));
+    assert_eq!(position(&loaded, 2), (line, column("\"redis\"")));
+    let rendered = loaded.render();
+    assert!(
+        rendered.contains("endpoint `redis`, which is not `host:port`"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("`0` is not a port number"), "{rendered}");
 }
 
 /// A topic exchange `events` with a dead-letter exchange, the queue `work`

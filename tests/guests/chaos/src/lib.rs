@@ -2,8 +2,13 @@
 //! dead-lettering, deadlines, memory cap and emitted events.
 //!
 //! The consumer's config table picks the behaviour with `mode`:
-//! `ok` (the default), `retry`, `reject`, `spin`, `trap`, `alloc` or `emit`.
-//! Mode `emit` also reads `emit-type`. An unknown mode rejects the event.
+//! `ok` (the default), `retry`, `reject`, `spin`, `trap`, `alloc`, `emit`,
+//! `connect` or `open`. Mode `emit` also reads `emit-type`. Mode `connect`
+//! opens a TCP connection to `address`, an IPv4 address and port. Mode `open`
+//! opens `path` in the first granted folder, for writing when `write` is `true`.
+//! The last two reject the event with WASI's error code when denied, so
+//! tests can tell the sandbox's answer from the dead letter's reason. An
+//! unknown mode rejects the event.
 
 wit_bindgen::generate!({ path: "../../../handlers/wit", world: "handler" });
 
@@ -33,8 +38,11 @@ impl Guest for ChaosGuest {
             "trap" => panic!("asked to trap"),
             "alloc" => allocate_without_bound(),
             "emit" => emit_event_data(&event),
+            "connect" => connect(),
+            "open" => open_file(),
             other => Err(HandlerError::Reject(format!(
-                "unknown chaos mode {other:?}: expected ok, retry, reject, spin, trap, alloc or emit"
+                "unknown chaos mode {other:?}: expected ok, retry, reject, spin, trap, alloc, \
+                 emit, connect or open"
             ))),
         }
     }
@@ -67,6 +75,82 @@ fn emit_event_data(event: &Event) -> Result<(), HandlerError> {
     };
     host::emit(&event_type, &event.data)
         .map_err(|err| HandlerError::Reject(format!("emitting {event_type} failed: {err}")))
+}
+
+/// Returns the config value `key`, or rejects the event naming the mode
+/// that needs it.
+fn required_config(mode: &str, key: &str) -> Result<String, HandlerError> {
+    host::config(key).ok_or_else(|| {
+        HandlerError::Reject(format!(
+            "mode {mode} needs config key {key}, which is missing"
+        ))
+    })
+}
+
+/// Opens a TCP connection to config `address`, such as `127.0.0.1:8080`,
+/// and closes it again.
+fn connect() -> Result<(), HandlerError> {
+    use wasip2::sockets::network::{ErrorCode, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    use wasip2::sockets::{instance_network, tcp_create_socket};
+
+    let address = required_config("connect", "address")?;
+    let parsed: std::net::SocketAddrV4 = address.parse().map_err(|err| {
+        HandlerError::Reject(format!("address {address:?} is not IPv4 address:port: {err}"))
+    })?;
+    let failed = |code: ErrorCode| {
+        HandlerError::Reject(format!("connect to {address} failed: {}", code.name()))
+    };
+    let [a, b, c, d] = parsed.ip().octets();
+    let remote = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+        port: parsed.port(),
+        address: (a, b, c, d),
+    });
+
+    let network = instance_network::instance_network();
+    let socket = tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4).map_err(failed)?;
+    socket.start_connect(&network, remote).map_err(failed)?;
+    let ready = socket.subscribe();
+    let outcome = loop {
+        match socket.finish_connect() {
+            Err(ErrorCode::WouldBlock) => ready.block(),
+            Err(code) => break Err(failed(code)),
+            Ok(_streams) => break Ok(()),
+        }
+    };
+    // The pollable is a child of the socket and goes first.
+    drop(ready);
+    if outcome.is_ok() {
+        host::log(Level::Info, &format!("chaos guest connected to {address}"));
+    }
+    outcome
+}
+
+/// Opens config `path` in the first granted folder, for reading, or for
+/// writing (created when missing) when config `write` is `true`.
+fn open_file() -> Result<(), HandlerError> {
+    use wasip2::filesystem::preopens;
+    use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+
+    let path = required_config("open", "path")?;
+    let write = host::config("write").as_deref() == Some("true");
+    let (open_flags, flags) = if write {
+        (OpenFlags::CREATE, DescriptorFlags::WRITE)
+    } else {
+        (OpenFlags::empty(), DescriptorFlags::READ)
+    };
+    let folders = preopens::get_directories();
+    let Some((folder, name)) = folders.first() else {
+        return Err(HandlerError::Reject(
+            "mode open needs a granted folder, and the consumer has none".to_string(),
+        ));
+    };
+    folder
+        .open_at(PathFlags::empty(), &path, open_flags, flags)
+        .map_err(|code| {
+            HandlerError::Reject(format!("open {path} in {name} failed: {}", code.name()))
+        })?;
+    host::log(Level::Info, &format!("chaos guest opened {path} in {name}"));
+    Ok(())
 }
 
 export!(ChaosGuest);
