@@ -585,8 +585,8 @@ async fn slow_clients_cut_off() -> anyhow::Result<()> {
 }
 
 /// A client that sends requests and reads none of the responses is cut off
-/// once a response has waited `write_timeout` to be read; it keeps neither
-/// its connection nor the server busy.
+/// once a response has waited `write_timeout` to be read. So it keeps
+/// neither its connection nor the server busy.
 #[tokio::test]
 async fn client_that_stops_reading_cut_off() -> anyhow::Result<()> {
     let _serial = serial().await;

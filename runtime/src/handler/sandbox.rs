@@ -1,5 +1,5 @@
-//! What a handler may reach outside its own memory, and the record of what
-//! it was denied.
+//! The handler sandbox: the resources a handler may use outside its own
+//! memory, and the record of each access it was denied.
 //!
 //! WASI gives a guest only what its store's context holds: no folder, no
 //! variable and no socket address unless the consumer's grants name it.
@@ -73,8 +73,8 @@ type Permit = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
 /// denied, logged and counted.
 ///
 /// Binding the unspecified address to port 0 passes without a record.
-/// wasmtime-wasi asks about it before every connect and every first UDP
-/// send, and such a socket reaches nothing until a connect, listen or send,
+/// wasmtime-wasi checks it before every connect and every first UDP send,
+/// and such a socket reaches nothing until a connect, listen or send,
 /// which are checked on their own.
 pub(super) fn socket_check(
     consumer: Arc<str>,

@@ -7,7 +7,7 @@
 //! opens a TCP connection to `address`, an IPv4 address and port. Mode `open`
 //! opens `path` in the first granted folder, for writing when `write` is `true`.
 //! The last two reject the event with WASI's error code when denied, so
-//! tests can tell the sandbox's answer from the dead letter's reason. An
+//! tests can read the sandbox's decision from the dead letter's reason. An
 //! unknown mode rejects the event.
 
 wit_bindgen::generate!({ path: "../../../handlers/wit", world: "handler" });
