@@ -2,7 +2,8 @@
 //! (`tests/guests/chaos.wasm`), on RabbitMQ and on the embedded broker.
 //!
 //! Calls are counted from the line the guest logs on every call, which
-//! carries the event id and the attempt number.
+//! carries the event id, the attempt number and the calls its instance has
+//! served.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +52,10 @@ fn calls_of(calls: &[ChaosCall], event_id: &str) -> Vec<ChaosCall> {
 
 fn attempts(calls: &[ChaosCall]) -> Vec<u32> {
     calls.iter().map(|call| call.attempt).collect()
+}
+
+fn instance_calls(calls: &[ChaosCall]) -> Vec<u32> {
+    calls.iter().map(|call| call.instance_call).collect()
 }
 
 /// Milliseconds between two logged calls.
@@ -135,6 +140,8 @@ async fn retry_until_max_attempts(mode: BrokerMode) -> anyhow::Result<()> {
 
     let calls = calls_of(&process.chaos_calls(), &event_id);
     assert_eq!(attempts(&calls), [1, 2, 3], "calls: {calls:#?}");
+    // A guest that returns its own retry keeps its instance.
+    assert_eq!(instance_calls(&calls), [1, 2, 3], "calls: {calls:#?}");
     // Backoff 100ms, doubled for the next delay; 10 ms of slack for clocks.
     assert!(
         gap_ms(&calls[0], &calls[1]) >= 90,
@@ -201,6 +208,8 @@ async fn trap_counts_as_retry(mode: BrokerMode) -> anyhow::Result<()> {
 
     let calls = calls_of(&process.chaos_calls(), &event_id);
     assert_eq!(attempts(&calls), [1, 2], "calls: {calls:#?}");
+    // The instance that trapped is dropped, so the retry runs on a fresh one.
+    assert_eq!(instance_calls(&calls), [1, 1], "calls: {calls:#?}");
     finish(run, "trapper", &event_id, 2).await
 }
 
@@ -307,7 +316,41 @@ async fn limit_hit_counts_as_retry(
     assert_eq!(metrics.count(HANDLED, &retried), 1, "retry outcomes");
     let calls = calls_of(&process.chaos_calls(), &event_id);
     assert_eq!(attempts(&calls), [1, 2], "calls: {calls:#?}");
+    // After a trap or a limit hit, the next call gets a fresh instance.
+    assert_eq!(instance_calls(&calls), [1, 1], "calls: {calls:#?}");
     finish(run, &name, &event_id, 2).await
+}
+
+/// With `calls_per_instance = 3` and one call at a time, seven events run
+/// on three instances: the guest's own call counter goes 1, 2, 3 and starts
+/// again in each fresh instance.
+#[tokio::test]
+async fn instance_replaced_after_calls_per_instance() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let consumer = ChaosConsumer::new("steady", "user.created", "ok")
+        .concurrency(1)
+        .calls_per_instance(3);
+    let run = start(BrokerMode::Embedded, &[consumer]).await?;
+    let process = &run.process;
+    let mut user_ids = Vec::new();
+    for _ in 0..7 {
+        user_ids.push(process.publish("/users", &user_body()).await?);
+    }
+    let ok = [("consumer", "steady"), ("outcome", "ok")];
+    process.wait_for_count(HANDLED, &ok, 7, TIMEOUT).await?;
+
+    let calls = process.chaos_calls();
+    assert_eq!(
+        instance_calls(&calls),
+        [1, 2, 3, 1, 2, 3, 1],
+        "calls: {calls:#?}"
+    );
+    let mut handled: Vec<&str> = calls.iter().map(|call| call.event_id.as_str()).collect();
+    handled.sort_unstable();
+    user_ids.sort_unstable();
+    assert_eq!(handled, user_ids, "each event handled once");
+    run.process.stop_cleanly().await?;
+    Ok(())
 }
 
 /// A memory bomb and a trapping handler on `order.placed` do not hold up

@@ -138,6 +138,7 @@ fn case_reports_its_own_code() {
         ("handler-other-world", &["handler-wrong-world"][..]),
         ("handler-unknown-import", &["handler-wrong-world"][..]),
         ("invalid-binding-key", &["invalid-binding-key"][..]),
+        ("invalid-calls-per-instance", &["invalid-value"][..]),
         ("invalid-concurrency", &["invalid-value"][..]),
         ("invalid-duration", &["invalid-value"][..]),
         ("invalid-enum", &["invalid-value"][..]),

@@ -2,7 +2,9 @@
 //! and the no-op guest: decode, schema validation, the handler call, the
 //! metrics bookkeeping that dispatch does around each event, and all four in
 //! sequence. Task spawning, the concurrency semaphore and the broker's ack
-//! are not included.
+//! are not included. `handler_call` runs on a kept instance, as most calls
+//! in dispatch do. `handler_call_fresh` makes a store and instance for each
+//! call (`calls_per_instance = 1`).
 //!
 //! Run with `cargo bench -p switchyard-bench --bench per_event`.
 
@@ -34,6 +36,7 @@ struct Fixture {
     host: HandlerHost,
     handler: LoadedHandler,
     context: CallContext,
+    fresh_context: CallContext,
 }
 
 fn fixture() -> Fixture {
@@ -52,9 +55,13 @@ fn fixture() -> Fixture {
             timeout: Duration::from_secs(2),
             memory: 64 * 1024 * 1024,
             emit_size: 1024 * 1024,
+            calls_per_instance: u32::MAX,
         },
         grants: Arc::default(),
     };
+    let mut fresh_context = context.clone();
+    fresh_context.consumer = Arc::from("pipeline-fresh");
+    fresh_context.limits.calls_per_instance = 1;
     let message = Message {
         routing_key: CONSUMER.to_owned(),
         content_type: Some("application/json".to_owned()),
@@ -69,6 +76,7 @@ fn fixture() -> Fixture {
         host,
         handler,
         context,
+        fresh_context,
     }
 }
 
@@ -106,6 +114,14 @@ fn per_event(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| async {
             f.host
                 .call(&f.handler, &f.context, black_box(&f.event), 1)
+                .await
+                .expect("the no-op guest returns ok")
+        })
+    });
+    group.bench_function("handler_call_fresh", |b| {
+        b.to_async(&runtime).iter(|| async {
+            f.host
+                .call(&f.handler, &f.fresh_context, black_box(&f.event), 1)
                 .await
                 .expect("the no-op guest returns ok")
         })

@@ -13,6 +13,7 @@ const BENCHMARKS: &[(&str, &str)] = &[
     ("decode", "per_event_decode"),
     ("validate", "per_event_validate"),
     ("handler_call", "per_event_handler_call"),
+    ("handler_call_fresh", "per_event_handler_call_fresh"),
     ("bookkeeping", "per_event_bookkeeping"),
 ];
 

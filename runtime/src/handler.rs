@@ -1,10 +1,12 @@
 //! The WebAssembly handler host: one `Engine` and `Linker`, an `InstancePre`
-//! per handler component, a fresh `Store` per call with a deadline, a
-//! memory cap and a cap on emitted data. Guests get WASI 0.2 with clocks and
+//! per handler component, and a `Store` per instance, which serves several
+//! calls (see `instances`). Each call has a deadline, a memory cap and a cap
+//! on emitted data. Guests get WASI 0.2 with clocks and
 //! random, and their stdout and stderr go to the log. They get no network,
 //! filesystem or environment beyond their consumer's grants, and the host
 //! logs and counts what it denies them (see `sandbox`).
 
+mod instances;
 mod output;
 mod sandbox;
 
@@ -23,6 +25,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use crate::event::Event;
 use crate::schema::Schemas;
+use instances::{Warm, WarmInstances};
 use output::{GuestOutput, Stream};
 
 mod bindings {
@@ -75,14 +78,18 @@ impl CallError {
     }
 }
 
-/// Per-call limits of a consumer's handler.
+/// Limits of a consumer's handler.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// Deadline of one call.
     pub timeout: Duration,
     /// Bytes of linear memory.
     pub memory: u64,
     /// Bytes of event data, summed over every event one call emits.
     pub emit_size: u64,
+    /// Calls one instance serves before a fresh one replaces it; 1 gives
+    /// every call a fresh instance.
+    pub calls_per_instance: u32,
 }
 
 /// Host resources a consumer's handler may use.
@@ -154,7 +161,8 @@ pub struct Emitted {
     pub data: Value,
 }
 
-/// A compiled handler component, checked against the handler world.
+/// A compiled handler component, checked against the handler world, with
+/// its instances that wait for the next call. Clones share the instances.
 #[derive(Clone)]
 pub struct LoadedHandler {
     /// File name such as `email.wasm`.
@@ -162,6 +170,7 @@ pub struct LoadedHandler {
     /// SHA-256 of the component bytes, in hex.
     pub digest: String,
     pre: bindings::HandlerPre<CallState>,
+    warm: Arc<WarmInstances>,
 }
 
 impl std::fmt::Debug for LoadedHandler {
@@ -173,17 +182,40 @@ impl std::fmt::Debug for LoadedHandler {
     }
 }
 
-/// State of one store: WASI context, limits and what the call emitted.
+/// State of one store: WASI context, limits, and what the current call
+/// emitted.
 struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: CallLimiter,
     context: CallContext,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
     emitted: Vec<Emitted>,
     /// Bytes of event data emitted so far.
     emitted_bytes: u64,
     /// Set once `emit` went over the consumer's `emit_size`.
     emit_limit_hit: bool,
+}
+
+impl CallState {
+    /// Clears what the previous call left, and tags the guest's output
+    /// with the event of the call that starts.
+    fn start_call(&mut self, event_id: Arc<str>) {
+        self.emitted.clear();
+        self.emitted_bytes = 0;
+        self.emit_limit_hit = false;
+        self.limits.memory_limit_hit = false;
+        self.stdout.start(event_id.clone());
+        self.stderr.start(event_id);
+    }
+
+    /// Logs the output after the guest's last newline, which often
+    /// explains a failed call.
+    fn finish_call(&self) {
+        self.stdout.finish();
+        self.stderr.finish();
+    }
 }
 
 /// `StoreLimits` that also records whether the memory cap stopped a grow,
@@ -293,13 +325,17 @@ impl HandlerHost {
     pub fn new() -> Result<Self, CallError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
-        // Every call instantiates the handler in a fresh store. The default
-        // on-demand allocator maps and unmaps its linear memory and async
-        // stack on every call, and those system calls cost more than the
-        // rest of the consume pipeline. The pooling allocator reuses them
-        // from reserved slots. Its default limits allow 1000 instances at
+        // Instances are made often: for the first calls of each consumer,
+        // after each trap and every `calls_per_instance` calls. The default
+        // on-demand allocator maps and unmaps linear memory and the async
+        // stack each time, and those system calls cost more than the rest
+        // of the consume pipeline. The pooling allocator reuses them from
+        // reserved slots. Its default limits allow 1000 core instances at
         // once, 4 GiB per memory, and one table of 20,000 elements and one
         // memory per core module, so a component over them fails to load.
+        // Idle instances keep their slots. Each consumer has at most as many
+        // as its `concurrency`, so all of them need the consumers'
+        // `concurrency` summed.
         //
         // When an instance is dropped, the allocator zeroes its linear memory
         // and tables with `madvise` by default. perf showed the TLB
@@ -366,6 +402,7 @@ impl HandlerHost {
             name: name.to_owned(),
             digest,
             pre,
+            warm: Arc::default(),
         })
     }
 
@@ -434,7 +471,8 @@ impl HandlerHost {
         self.load(&name, &bytes)
     }
 
-    /// Calls `handle` once in a fresh store and returns what it emitted.
+    /// Calls `handle` once, on an instance of the consumer's that finished
+    /// its last call cleanly or on a fresh one, and returns what it emitted.
     pub async fn call(
         &self,
         handler: &LoadedHandler,
@@ -442,9 +480,37 @@ impl HandlerHost {
         event: &Event,
         attempt: u32,
     ) -> Result<Vec<Emitted>, CallError> {
-        let event_id: Arc<str> = Arc::from(event.id.as_str());
-        let stdout = GuestOutput::new(Stream::Stdout, context.consumer.clone(), event_id.clone());
-        let stderr = GuestOutput::new(Stream::Stderr, context.consumer.clone(), event_id);
+        let mut warm = match handler.warm.take(&context.consumer) {
+            Some(warm) => warm,
+            None => self.new_store(context)?,
+        };
+        warm.store
+            .data_mut()
+            .start_call(Arc::from(event.id.as_str()));
+        // The deadline counts from now, not from the instance's last call.
+        warm.store.set_epoch_deadline(1);
+
+        let outcome = run_handle(&mut warm, handler, context, &to_wit_event(event, attempt)).await;
+        warm.store.data().finish_call();
+        warm.calls += 1;
+        // After a trap, a limit or a deadline, the guest's memory may be in
+        // any state, so the instance is dropped. A guest that returned its
+        // own retry or reject is as sound as one that returned ok.
+        let returned = matches!(
+            outcome,
+            Ok(_) | Err(CallError::Retry(_) | CallError::Reject(_))
+        );
+        if returned && warm.calls < context.limits.calls_per_instance {
+            handler.warm.give_back(&context.consumer, warm);
+        }
+        outcome
+    }
+
+    /// Makes a store for a consumer's handler, with the consumer's grants
+    /// and limits. The handler is instantiated in it at the first call.
+    fn new_store(&self, context: &CallContext) -> Result<Warm, CallError> {
+        let stdout = GuestOutput::new(Stream::Stdout, context.consumer.clone());
+        let stderr = GuestOutput::new(Stream::Stderr, context.consumer.clone());
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -481,6 +547,8 @@ impl HandlerHost {
                 memory_limit_hit: false,
             },
             context: context.clone(),
+            stdout,
+            stderr,
             emitted: Vec::new(),
             emitted_bytes: 0,
             emit_limit_hit: false,
@@ -490,44 +558,44 @@ impl HandlerHost {
         // Yield to the async runtime at every epoch tick, so a guest that
         // never returns still lets the timeout below fire and other events run.
         store.epoch_deadline_async_yield_and_update(1);
-
-        let outcome = run_handle(&mut store, handler, context, &to_wit_event(event, attempt)).await;
-        // Output after the last newline is logged even when the call failed,
-        // because it often explains the failure.
-        stdout.finish();
-        stderr.finish();
-        outcome
+        Ok(Warm::new(store))
     }
 }
 
-/// Instantiates the handler in `store` and calls `handle` within the
-/// consumer's deadline.
+/// Calls `handle` within the consumer's deadline, instantiating the handler
+/// first when the store has no instance yet.
 async fn run_handle(
-    store: &mut Store<CallState>,
+    warm: &mut Warm,
     handler: &LoadedHandler,
     context: &CallContext,
     input: &types::Event,
 ) -> Result<Vec<Emitted>, CallError> {
     let timeout = context.limits.timeout;
     let run = async {
-        let instance = handler.pre.instantiate_async(&mut *store).await?;
-        instance.call_handle(&mut *store, input).await
+        let instance = match warm.instance.take() {
+            Some(instance) => instance,
+            None => handler.pre.instantiate_async(&mut warm.store).await?,
+        };
+        let result = instance.call_handle(&mut warm.store, input).await;
+        warm.instance = Some(instance);
+        result
     };
     let result = match tokio::time::timeout(timeout, run).await {
         Err(_) => return Err(CallError::Deadline(timeout)),
-        Ok(Err(_)) if store.data().limits.memory_limit_hit => {
+        Ok(Err(_)) if warm.store.data().limits.memory_limit_hit => {
             return Err(CallError::MemoryLimit(context.limits.memory));
         }
         Ok(Err(trap)) => return Err(CallError::Trap(format!("{trap:#}"))),
         Ok(Ok(result)) => result,
     };
+    let state = warm.store.data_mut();
     // Whatever the guest made of the rejected `emit`, the call is one
     // attempt that hit a limit, and none of its events are published.
-    if store.data().emit_limit_hit {
+    if state.emit_limit_hit {
         return Err(CallError::EmitLimit(context.limits.emit_size));
     }
     match result {
-        Ok(()) => Ok(std::mem::take(&mut store.data_mut().emitted)),
+        Ok(()) => Ok(std::mem::take(&mut state.emitted)),
         Err(types::HandlerError::Retry(reason)) => Err(CallError::Retry(reason)),
         Err(types::HandlerError::Reject(reason)) => Err(CallError::Reject(reason)),
     }

@@ -834,6 +834,7 @@ pub(crate) fn consumers(
                     timeout: def.limits.timeout.0,
                     memory: def.limits.memory.0,
                     emit_size: def.limits.emit_size.0,
+                    calls_per_instance: def.limits.calls_per_instance,
                 },
                 grants: Arc::new(grants(manifest, name, &def.grants)),
             },

@@ -58,13 +58,15 @@ impl LogLine {
 }
 
 /// One call of the chaos test guest, read from the line it logs on every
-/// call: `chaos guest called: event <id> attempt <n>`, which the host tags
-/// with the consumer name.
+/// call: `chaos guest called: event <id> attempt <n> instance call <k>`,
+/// which the host tags with the consumer name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChaosCall {
     pub consumer: String,
     pub event_id: String,
     pub attempt: u32,
+    /// Calls the guest instance had served, this one included.
+    pub instance_call: u32,
     pub time: Option<OffsetDateTime>,
 }
 
@@ -74,11 +76,13 @@ impl ChaosCall {
     /// Reads a chaos guest call from a log line.
     pub fn from_line(line: &LogLine) -> Option<ChaosCall> {
         let rest = line.message().strip_prefix(Self::PREFIX)?;
+        let (rest, instance_call) = rest.rsplit_once(" instance call ")?;
         let (event_id, attempt) = rest.rsplit_once(" attempt ")?;
         Some(ChaosCall {
             consumer: line.field("consumer").unwrap_or_default().to_owned(),
             event_id: event_id.to_owned(),
             attempt: attempt.trim().parse().ok()?,
+            instance_call: instance_call.trim().parse().ok()?,
             time: line.timestamp,
         })
     }
@@ -93,7 +97,8 @@ mod tests {
         let text = concat!(
             "error: not JSON\n",
             r#"{"timestamp":"2026-01-02T03:04:05.123456Z","level":"INFO","fields":"#,
-            r#"{"message":"chaos guest called: event e-1 attempt 2","consumer":"retrier","#,
+            r#"{"message":"chaos guest called: event e-1 attempt 2 instance call 7","#,
+            r#""consumer":"retrier","#,
             r#""event_id":"e-1"},"target":"switchyard::handler"}"#,
             "\n"
         );
@@ -104,6 +109,7 @@ mod tests {
         assert_eq!(call.consumer, "retrier");
         assert_eq!(call.event_id, "e-1");
         assert_eq!(call.attempt, 2);
+        assert_eq!(call.instance_call, 7);
         assert!(call.time.is_some());
     }
 }

@@ -27,6 +27,8 @@ pub struct ChaosConsumer {
     pub prefetch: u16,
     /// `limits.emit_size`, when not the default.
     pub emit_size: Option<String>,
+    /// `limits.calls_per_instance`, when not the default.
+    pub calls_per_instance: Option<u32>,
     /// `grants` as a TOML inline table, such as `{ connect = ["127.0.0.1:80"] }`.
     pub grants: Option<String>,
 }
@@ -46,6 +48,7 @@ impl ChaosConsumer {
             prefetch: 16,
             config: Vec::new(),
             emit_size: None,
+            calls_per_instance: None,
             grants: None,
         }
     }
@@ -58,6 +61,11 @@ impl ChaosConsumer {
 
     pub fn emit_size(mut self, size: &str) -> Self {
         self.emit_size = Some(size.to_owned());
+        self
+    }
+
+    pub fn calls_per_instance(mut self, calls: u32) -> Self {
+        self.calls_per_instance = Some(calls);
         self
     }
 
@@ -180,7 +188,7 @@ handler = "chaos.wasm"
 prefetch = {prefetch}
 concurrency = {concurrency}
 retry = {{ max_attempts = {attempts}, backoff = {backoff} }}
-limits = {{ timeout = {timeout}, memory = "64MiB"{emit_size} }}
+limits = {{ timeout = {timeout}, memory = "64MiB"{emit_size}{calls_per_instance} }}
 config = {{ mode = {mode}{config} }}
 {grants}"#,
             prefetch = consumer.prefetch,
@@ -193,6 +201,10 @@ config = {{ mode = {mode}{config} }}
                 .emit_size
                 .as_ref()
                 .map(|size| format!(", emit_size = {}", toml_string(size)))
+                .unwrap_or_default(),
+            calls_per_instance = consumer
+                .calls_per_instance
+                .map(|calls| format!(", calls_per_instance = {calls}"))
                 .unwrap_or_default(),
             config = consumer
                 .config

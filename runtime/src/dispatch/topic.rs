@@ -357,6 +357,7 @@ mod tests {
                     timeout,
                     memory: 1 << 20,
                     emit_size: 1 << 20,
+                    calls_per_instance: 1000,
                 },
                 grants: Arc::default(),
             },

@@ -1,5 +1,5 @@
 //! A guest's WASI stdout and stderr, sent to the runtime's log one line at a
-//! time and tagged with the consumer and the event id.
+//! time and tagged with the consumer and the id of the event being handled.
 //!
 //! Writes never fail and never block, so a guest that prints a lot keeps
 //! running: past [`MAX_LOGGED_BYTES`] in one call, output is discarded and
@@ -43,21 +43,30 @@ impl Stream {
     }
 }
 
-/// One standard stream of one handler call. Every stream the guest opens on
-/// it shares one line buffer. Call [`GuestOutput::finish`] after the call, so
-/// a last line without a newline is logged too.
+/// One standard stream of a handler instance, which may serve many calls.
+/// Every stream the guest opens on it shares one line buffer. Call
+/// [`GuestOutput::start`] before each call and [`GuestOutput::finish`] after
+/// it, so that lines carry the call's event id and a last line without a
+/// newline is logged too.
 #[derive(Clone)]
 pub struct GuestOutput {
     lines: Arc<Mutex<LineBuffer>>,
 }
 
 impl GuestOutput {
-    pub fn new(stream: Stream, consumer: Arc<str>, event_id: Arc<str>) -> Self {
-        let lines =
-            LineBuffer::new(move |line: Line<'_>| log_line(stream, &consumer, &event_id, line));
+    pub fn new(stream: Stream, consumer: Arc<str>) -> Self {
+        let lines = LineBuffer::new(move |event_id: &str, line: Line<'_>| {
+            log_line(stream, &consumer, event_id, line)
+        });
         GuestOutput {
             lines: Arc::new(Mutex::new(lines)),
         }
+    }
+
+    /// Tags the lines that follow with `event_id`, and gives them a fresh
+    /// per-call byte budget.
+    pub fn start(&self, event_id: Arc<str>) {
+        lock(&self.lines).start(event_id);
     }
 
     /// Logs what is left of an unfinished line, and a warning when output
@@ -97,10 +106,14 @@ fn log_line(stream: Stream, consumer: &str, event_id: &str, line: Line<'_>) {
     }
 }
 
+/// Receives each finished line with the id of the call's event.
+type LineSink = Box<dyn FnMut(&str, Line<'_>) + Send>;
+
 /// Splits written bytes into lines and passes each finished line to a sink,
 /// within the per-call byte budget.
 struct LineBuffer {
-    sink: Box<dyn FnMut(Line<'_>) + Send>,
+    sink: LineSink,
+    event_id: Arc<str>,
     pending: Vec<u8>,
     /// Bytes taken into `pending` during this call, newlines included.
     accepted: usize,
@@ -108,13 +121,21 @@ struct LineBuffer {
 }
 
 impl LineBuffer {
-    fn new(sink: impl FnMut(Line<'_>) + Send + 'static) -> Self {
+    fn new(sink: impl FnMut(&str, Line<'_>) + Send + 'static) -> Self {
         LineBuffer {
             sink: Box::new(sink),
+            event_id: Arc::from(""),
             pending: Vec::new(),
             accepted: 0,
             discarded: 0,
         }
+    }
+
+    fn start(&mut self, event_id: Arc<str>) {
+        self.event_id = event_id;
+        self.pending.clear();
+        self.accepted = 0;
+        self.discarded = 0;
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -141,14 +162,14 @@ impl LineBuffer {
             self.emit(&rest);
         }
         if self.discarded > 0 {
-            (self.sink)(Line::Discarded(self.discarded));
+            (self.sink)(&self.event_id, Line::Discarded(self.discarded));
             self.discarded = 0;
         }
     }
 
     fn emit(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        (self.sink)(Line::Text(&String::from_utf8_lossy(line)));
+        (self.sink)(&self.event_id, Line::Text(&String::from_utf8_lossy(line)));
     }
 }
 
@@ -231,26 +252,58 @@ impl AsyncWrite for GuestOutput {
 mod tests {
     use super::*;
 
-    /// Feeds `writes` to a line buffer, finishes it and returns what its
-    /// sink received.
-    fn lines_of(writes: &[&[u8]]) -> Vec<String> {
+    /// Returns a line buffer whose sink writes `event-id: line` into a
+    /// shared list.
+    fn recording_buffer() -> (LineBuffer, Arc<Mutex<Vec<String>>>) {
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = {
             let received = received.clone();
-            move |line: Line<'_>| {
+            move |event_id: &str, line: Line<'_>| {
                 let text = match line {
                     Line::Text(text) => text.to_owned(),
                     Line::Discarded(bytes) => format!("<discarded {bytes}>"),
                 };
-                received.lock().unwrap().push(text);
+                received.lock().unwrap().push(format!("{event_id}: {text}"));
             }
         };
-        let mut buffer = LineBuffer::new(sink);
+        (LineBuffer::new(sink), received)
+    }
+
+    /// Feeds `writes` to a line buffer in one call and returns the lines its
+    /// sink received, without the event id.
+    fn lines_of(writes: &[&[u8]]) -> Vec<String> {
+        let (mut buffer, received) = recording_buffer();
+        buffer.start(Arc::from("e"));
         for bytes in writes {
             buffer.write(bytes);
         }
         buffer.finish();
-        received.lock().unwrap().clone()
+        let received = received.lock().unwrap();
+        received
+            .iter()
+            .map(|line| line.strip_prefix("e: ").expect("tagged line").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn each_call_tagged_and_budgeted_anew() {
+        let (mut buffer, received) = recording_buffer();
+        let over_budget = vec![b'x'; MAX_LOGGED_BYTES + 10];
+        buffer.start(Arc::from("e-1"));
+        buffer.write(&over_budget);
+        buffer.finish();
+        buffer.start(Arc::from("e-2"));
+        buffer.write(b"second call\n");
+        buffer.finish();
+
+        let received = received.lock().unwrap();
+        assert_eq!(received.last().unwrap(), "e-2: second call");
+        assert!(received.contains(&"e-1: <discarded 10>".to_owned()));
+        assert!(
+            received[..received.len() - 1]
+                .iter()
+                .all(|line| line.starts_with("e-1: "))
+        );
     }
 
     #[test]

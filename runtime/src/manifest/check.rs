@@ -555,6 +555,16 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                 .hint("set at least 1: the number of handler calls running at once"),
             );
         }
+        if def.limits.calls_per_instance == 0 {
+            problems.push(
+                Problem::error(
+                    "invalid-value",
+                    format!("consumer `{name}` has `limits.calls_per_instance = 0`"),
+                )
+                .at_entry(entry)
+                .hint("set at least 1: the calls one handler instance serves; 1 gives each call a fresh instance"),
+            );
+        }
         // RabbitMQ closes the channel of a delivery left unacknowledged for
         // its consumer_timeout and delivers the message again, so a handler
         // allowed to run longer is called again and again.

@@ -13,18 +13,24 @@
 wit_bindgen::generate!({ path: "../../../handlers/wit", world: "handler" });
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
 use switchyard::handler::host;
 use switchyard::handler::types::Level;
 
 struct ChaosGuest;
 
+/// Calls this instance has served, this one included. Lives in the guest's
+/// memory, so it shows when the host reuses an instance.
+static INSTANCE_CALLS: AtomicU32 = AtomicU32::new(0);
+
 impl Guest for ChaosGuest {
     fn handle(event: Event) -> Result<(), HandlerError> {
+        let instance_call = INSTANCE_CALLS.fetch_add(1, Ordering::Relaxed) + 1;
         // Tests count calls by counting this line.
         host::log(
             Level::Info,
             &format!(
-                "chaos guest called: event {} attempt {}",
+                "chaos guest called: event {} attempt {} instance call {instance_call}",
                 event.id, event.attempt
             ),
         );
