@@ -511,11 +511,11 @@ async fn kafka_wrong_ca_rejected() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// tansu 0.6.0 built with `--features dynostore` cannot hold a SCRAM user.
-/// Its in-memory storage (`DynoStore` in tansu-storage 0.6.0) accepts
-/// AlterUserScramCredentials without storing anything and finds no
-/// credential at login. This checks how switchyard reports the failed login
-/// over `SASL_SSL`, with the password written in the manifest.
+/// tansu's in-memory storage (`DynoStore` in tansu-storage 0.6.0) cannot
+/// hold a SCRAM user: it accepts AlterUserScramCredentials without storing
+/// anything and finds no credential at login. This checks how switchyard
+/// reports the failed login over `SASL_SSL`, with the password written in
+/// the manifest.
 #[tokio::test]
 async fn kafka_scram_rejected_login_reported() -> anyhow::Result<()> {
     let _serial = serial().await;
@@ -570,6 +570,63 @@ async fn kafka_sasl_plaintext_rejected_login_reported() -> anyhow::Result<()> {
         ("TEST_KAFKA_PASSWORD", password),
     ];
     assert_sasl_login_rejected(&fixture, &manifests, &url, &env, password).await?;
+    drop(tansu);
+    Ok(())
+}
+
+/// A SCRAM-SHA-512 login that tansu accepts, over `SASL_SSL`, with the
+/// password read from `${VAR}`: switchyard provisions the topics, publishes
+/// and consumes. tansu's in-memory storage keeps no users. With
+/// `--authentication`, tansu rejects every request but the login until a
+/// client has logged in. So the user is created while tansu runs without
+/// authentication on SQLite storage, and tansu then restarts with it on the
+/// same file.
+#[tokio::test]
+async fn kafka_scram_login_accepted() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let fixture = Fixture::new()?;
+    let vhost = ScopedVhost::create("kafka-scram-login")?;
+    let password = "kafka-password-e51d";
+    let port = free_port()?;
+    let stunnel = Stunnel::start(
+        fixture.path(),
+        &fixture.server,
+        None,
+        &format!("127.0.0.1:{port}"),
+    )
+    .await?;
+    let setup = Tansu::start_sqlite(fixture.path(), port, stunnel.port(), &[]).await?;
+    setup
+        .create_scram_user("switchyard", password, "scram512")
+        .await?;
+    setup.stop().await?;
+    let tansu =
+        Tansu::start_sqlite(fixture.path(), port, stunnel.port(), &["--authentication"]).await?;
+
+    let sasl = string_table(&[
+        ("mechanism", "SCRAM-SHA-512"),
+        ("username", "switchyard"),
+        ("password", "${TEST_KAFKA_PASSWORD}"),
+    ]);
+    let streaming =
+        fixture.streaming_manifest(string_table(&[("ca", "certs/ca.pem")]), Some(sasl))?;
+    let bootstrap = format!("127.0.0.1:{}", stunnel.port());
+    let url = amqp_url("amqp", 5672, &vhost);
+    let manifests = [shop_manifest(), streaming];
+    let env = [
+        ("KAFKA_BOOTSTRAP", bootstrap.as_str()),
+        ("TEST_KAFKA_PASSWORD", password),
+    ];
+    let process =
+        Switchyard::start_with_env(fixture.path(), &manifests, BrokerMode::Url(url), &env).await?;
+    run_kafka_flow(&process).await?;
+    let stopped = process.stop_cleanly().await?;
+    assert!(
+        !stopped.stderr.contains(password),
+        "the log shows the SASL password:\n{}",
+        stopped.stderr
+    );
+    stunnel.stop().await?;
     drop(tansu);
     Ok(())
 }

@@ -56,7 +56,7 @@ struct Samples {
 pub async fn run(suite: &Suite, selected: bool) -> anyhow::Result<Vec<Figure>> {
     let Some(binary) = tansu::binary() else {
         let message = "tansu, the Kafka-protocol broker of this scenario, is not installed; \
-                       install it with `cargo install --locked tansu --features dynostore`, \
+                       install it with `cargo install --locked tansu --features dynostore,libsql`, \
                        or set TANSU to its path";
         if selected {
             bail!("{message}");

@@ -1,8 +1,9 @@
-//! A tansu broker process (a Kafka-protocol broker with in-memory storage)
-//! per test, and the rdkafka clients the tests use to look at it.
+//! A tansu broker process (a Kafka-protocol broker) per test, and the
+//! rdkafka clients the tests use to look at it. Most tests use its
+//! in-memory storage. The SASL login test uses SQLite, which keeps users.
 //!
 //! tansu is installed by `bash .ci/run` with
-//! `cargo install --locked tansu --features dynostore`.
+//! `cargo install --locked tansu --features dynostore,libsql`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -90,7 +91,7 @@ fn tansu_binary() -> anyhow::Result<PathBuf> {
         std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin/tansu"));
     on_path.chain(in_cargo).find(|path| path.is_file()).context(
         "tansu, the Kafka-protocol broker of the Kafka tests, is not installed; install it \
-             with `cargo install --locked tansu --features dynostore` (bash .ci/run does), or \
+             with `cargo install --locked tansu --features dynostore,libsql` (bash .ci/run does), or \
              set TANSU to its path",
     )
 }
@@ -118,6 +119,28 @@ impl Tansu {
         advertised_port: u16,
         extra_args: &[&str],
     ) -> anyhow::Result<Tansu> {
+        Tansu::spawn(dir, port, advertised_port, "memory://tansu/", extra_args).await
+    }
+
+    /// Like [`Tansu::start_with`], with SQLite storage in `dir/tansu.db`,
+    /// which a later tansu started on the same `dir` opens again. Unlike
+    /// the in-memory storage of tansu 0.6, it keeps SCRAM users.
+    pub async fn start_sqlite(
+        dir: &std::path::Path,
+        port: u16,
+        advertised_port: u16,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Tansu> {
+        Tansu::spawn(dir, port, advertised_port, "sqlite://tansu.db", extra_args).await
+    }
+
+    async fn spawn(
+        dir: &std::path::Path,
+        port: u16,
+        advertised_port: u16,
+        storage: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Tansu> {
         let binary = tansu_binary()?;
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised_url = format!("tcp://127.0.0.1:{advertised_port}");
@@ -131,8 +154,10 @@ impl Tansu {
                 "--advertised-listener-url",
                 &advertised_url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", storage])
             .args(extra_args)
+            // A `sqlite://` path is relative to the working folder.
+            .current_dir(dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -149,6 +174,48 @@ impl Tansu {
         crate::process::wait_listening(&mut tansu.child, port, "tansu", log_path, START_TIMEOUT)
             .await?;
         Ok(tansu)
+    }
+
+    /// Stops tansu and waits until it exited.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// Creates or updates a SCRAM user with `tansu user create`, which sends
+    /// AlterUserScramCredentials. `mechanism` is tansu's name: `scram256` or
+    /// `scram512`. The command ignores the error code in tansu's response,
+    /// so only a login shows whether the user was kept.
+    pub async fn create_scram_user(
+        &self,
+        name: &str,
+        password: &str,
+        mechanism: &str,
+    ) -> anyhow::Result<()> {
+        let binary = tansu_binary()?;
+        let broker = format!("tcp://127.0.0.1:{}", self.port);
+        let output = Command::new(&binary)
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &broker,
+                "--mechanism",
+                mechanism,
+            ])
+            .args([name, password])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("cannot run `{} user create`", binary.display()))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "`tansu user create` for `{name}` failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
     }
 
     /// Returns what tansu wrote so far.
