@@ -353,6 +353,67 @@ async fn instance_replaced_after_calls_per_instance() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Mode `leak` leaves 8 MiB allocated at each call, so an instance reaches
+/// the 64 MiB memory limit after a few calls. That call runs again in a
+/// fresh instance: every event is handled ok on its first attempt, no limit
+/// hit is counted, and a warning names the cause and the fix.
+#[tokio::test]
+async fn leaking_instance_replaced_without_failure() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let consumer = ChaosConsumer::new("leaker", "user.created", "leak").concurrency(1);
+    let run = start(BrokerMode::Embedded, &[consumer]).await?;
+    let process = &run.process;
+    let mut user_ids = Vec::new();
+    for _ in 0..10 {
+        user_ids.push(process.publish("/users", &user_body()).await?);
+    }
+    let ok = [("consumer", "leaker"), ("outcome", "ok")];
+    process.wait_for_count(HANDLED, &ok, 10, TIMEOUT).await?;
+
+    let metrics = process.metrics().await?;
+    let retried = [("consumer", "leaker"), ("outcome", "retry")];
+    assert_eq!(metrics.count(HANDLED, &retried), 0, "retry outcomes");
+    let memory_hits = [("consumer", "leaker"), ("limit", "memory")];
+    assert_eq!(
+        metrics.count(LIMIT_HITS, &memory_hits),
+        0,
+        "memory limit hits"
+    );
+
+    let calls = process.chaos_calls();
+    let repeated: Vec<&String> = user_ids
+        .iter()
+        .filter(|id| calls_of(&calls, id).len() > 1)
+        .collect();
+    assert_eq!(repeated.len(), 1, "events called twice: {calls:#?}");
+    let repeated_calls = calls_of(&calls, repeated[0]);
+    assert_eq!(repeated_calls.len(), 2, "calls: {repeated_calls:#?}");
+    assert!(
+        repeated_calls[0].instance_call > 1,
+        "the first call was on a used instance: {repeated_calls:#?}"
+    );
+    assert_eq!(
+        repeated_calls[1].instance_call, 1,
+        "the second call was on a fresh instance: {repeated_calls:#?}"
+    );
+    assert_eq!(
+        attempts(&repeated_calls),
+        [1, 1],
+        "both calls are attempt 1"
+    );
+    let stderr = process.stderr();
+    assert!(
+        stderr.contains("reached its memory limit after serving other calls"),
+        "no warning about the memory limit:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("lower `limits.calls_per_instance`"),
+        "the warning lacks the fix:\n{stderr}"
+    );
+    run.process.stop_cleanly().await?;
+    Ok(())
+}
+
 /// A memory bomb and a trapping handler on `order.placed` do not hold up
 /// the consumer of `user.created`: each of its calls starts well within one
 /// deadline (2 s) of the first failing call.

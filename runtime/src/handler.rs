@@ -471,8 +471,8 @@ impl HandlerHost {
         self.load(&name, &bytes)
     }
 
-    /// Calls `handle` once, on an instance of the consumer's that finished
-    /// its last call cleanly or on a fresh one, and returns what it emitted.
+    /// Calls `handle` on an instance of the consumer's that finished its
+    /// last call cleanly, or on a fresh one, and returns what it emitted.
     pub async fn call(
         &self,
         handler: &LoadedHandler,
@@ -480,19 +480,30 @@ impl HandlerHost {
         event: &Event,
         attempt: u32,
     ) -> Result<Vec<Emitted>, CallError> {
+        let input = to_wit_event(event, attempt);
+        let event_id: Arc<str> = Arc::from(event.id.as_str());
         let mut warm = match handler.warm.take(&context.consumer) {
             Some(warm) => warm,
             None => self.new_store(context)?,
         };
-        warm.store
-            .data_mut()
-            .start_call(Arc::from(event.id.as_str()));
-        // The deadline counts from now, not from the instance's last call.
-        warm.store.set_epoch_deadline(1);
+        let mut outcome = call_on(&mut warm, handler, context, &input, event_id.clone()).await;
+        // Memory that earlier calls left allocated counts against the
+        // limit too. So an instance that reaches it after serving other
+        // calls gets the event again in a fresh instance, and only a call
+        // that needs too much memory on its own fails.
+        if warm.calls > 1 && matches!(outcome, Err(CallError::MemoryLimit(_))) {
+            tracing::warn!(
+                consumer = %context.consumer,
+                calls = warm.calls - 1,
+                limit_bytes = context.limits.memory,
+                "handler instance reached its memory limit after serving other calls; calling \
+                 it again in a fresh instance. The handler may keep memory from one call to the \
+                 next: free it, or lower `limits.calls_per_instance`"
+            );
+            warm = self.new_store(context)?;
+            outcome = call_on(&mut warm, handler, context, &input, event_id).await;
+        }
 
-        let outcome = run_handle(&mut warm, handler, context, &to_wit_event(event, attempt)).await;
-        warm.store.data().finish_call();
-        warm.calls += 1;
         // After a trap, a limit or a deadline, the guest's memory may be in
         // any state, so the instance is dropped. A guest that returned its
         // own retry or reject is as sound as one that returned ok.
@@ -560,6 +571,24 @@ impl HandlerHost {
         store.epoch_deadline_async_yield_and_update(1);
         Ok(Warm::new(store))
     }
+}
+
+/// Runs one call in `warm`: clears the previous call's state, then calls
+/// `handle` and flushes the guest's output.
+async fn call_on(
+    warm: &mut Warm,
+    handler: &LoadedHandler,
+    context: &CallContext,
+    input: &types::Event,
+    event_id: Arc<str>,
+) -> Result<Vec<Emitted>, CallError> {
+    warm.store.data_mut().start_call(event_id);
+    // The deadline counts from now, not from the instance's last call.
+    warm.store.set_epoch_deadline(1);
+    let outcome = run_handle(warm, handler, context, input).await;
+    warm.store.data().finish_call();
+    warm.calls += 1;
+    outcome
 }
 
 /// Calls `handle` within the consumer's deadline, instantiating the handler

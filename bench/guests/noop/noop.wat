@@ -16,10 +16,14 @@
     (i32.store8 (i32.const 0) (i32.const 0))
     (i32.const 0))
 
-  (func (export "cabi_post_handle") (param i32))
+  ;; Runs after the host has read the result: the event's strings and lists
+  ;; are no longer needed, so the heap starts over for the next call on
+  ;; this instance.
+  (func (export "cabi_post_handle") (param i32)
+    (global.set $heap (i32.const 1024)))
 
-  ;; A bump allocator for the event's strings and lists: every call runs in
-  ;; a fresh instance, so nothing is ever freed.
+  ;; A bump allocator for the event's strings and lists, emptied after each
+  ;; call by cabi_post_handle.
   (func (export "cabi_realloc")
     (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
     (local $address i32)

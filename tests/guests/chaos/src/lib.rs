@@ -2,8 +2,8 @@
 //! dead-lettering, deadlines, memory cap and emitted events.
 //!
 //! The consumer's config table picks the behaviour with `mode`:
-//! `ok` (the default), `retry`, `reject`, `spin`, `trap`, `alloc`, `emit`,
-//! `connect` or `open`. Mode `emit` also reads `emit-type`. Mode `connect`
+//! `ok` (the default), `retry`, `reject`, `spin`, `trap`, `alloc`, `leak`,
+//! `emit`, `connect` or `open`. Mode `emit` also reads `emit-type`. Mode `connect`
 //! opens a TCP connection to `address`, an IPv4 address and port. Mode `open`
 //! opens `path` in the first granted folder, for writing when `write` is `true`.
 //! The last two reject the event with WASI's error code when denied, so
@@ -43,12 +43,13 @@ impl Guest for ChaosGuest {
             "spin" => spin(),
             "trap" => panic!("asked to trap"),
             "alloc" => allocate_without_bound(),
+            "leak" => leak_memory(),
             "emit" => emit_event_data(&event),
             "connect" => connect(),
             "open" => open_file(),
             other => Err(HandlerError::Reject(format!(
                 "unknown chaos mode {other:?}: expected ok, retry, reject, spin, trap, alloc, \
-                 emit, connect or open"
+                 leak, emit, connect or open"
             ))),
         }
     }
@@ -70,6 +71,17 @@ fn allocate_without_bound() -> ! {
     loop {
         blocks.push(black_box(vec![1u8; 1 << 20]));
     }
+}
+
+/// Bytes that mode `leak` leaves allocated at each call.
+const LEAKED_PER_CALL: usize = 8 << 20;
+
+/// Allocates and writes `LEAKED_PER_CALL` bytes that are never freed, then
+/// returns ok, so each call on the same instance leaves its memory larger.
+fn leak_memory() -> Result<(), HandlerError> {
+    let block = black_box(vec![1u8; LEAKED_PER_CALL]);
+    std::mem::forget(block);
+    Ok(())
 }
 
 /// Emits the event's data unchanged as the event type in config `emit-type`.
