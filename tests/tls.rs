@@ -574,9 +574,9 @@ async fn kafka_sasl_plaintext_rejected_login_reported() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A SCRAM-SHA-512 login that tansu accepts, over `SASL_SSL`, with the
-/// password read from `${VAR}`: switchyard provisions the topics, publishes
-/// and consumes. tansu's in-memory storage keeps no users. With
+/// SCRAM logins that tansu accepts, over `SASL_SSL`, with the password read
+/// from `${VAR}`. With SCRAM-SHA-512, switchyard provisions the topics,
+/// publishes and consumes, and with SCRAM-SHA-256, `plan` succeeds. tansu's in-memory storage keeps no users. With
 /// `--authentication`, tansu rejects every request but the login until a
 /// client has logged in. So the user is created while tansu runs without
 /// authentication on SQLite storage, and tansu then restarts with it on the
@@ -596,9 +596,11 @@ async fn kafka_scram_login_accepted() -> anyhow::Result<()> {
     )
     .await?;
     let setup = Tansu::start_sqlite(fixture.path(), port, stunnel.port(), &[]).await?;
-    setup
-        .create_scram_user("switchyard", password, "scram512")
-        .await?;
+    for mechanism in ["scram512", "scram256"] {
+        setup
+            .create_scram_user("switchyard", password, mechanism)
+            .await?;
+    }
     setup.stop().await?;
     let tansu =
         Tansu::start_sqlite(fixture.path(), port, stunnel.port(), &["--authentication"]).await?;
@@ -625,6 +627,27 @@ async fn kafka_scram_login_accepted() -> anyhow::Result<()> {
         !stopped.stderr.contains(password),
         "the log shows the SASL password:\n{}",
         stopped.stderr
+    );
+
+    let sasl = string_table(&[
+        ("mechanism", "SCRAM-SHA-256"),
+        ("username", "switchyard"),
+        ("password", "${TEST_KAFKA_PASSWORD}"),
+    ]);
+    let streaming =
+        fixture.streaming_manifest(string_table(&[("ca", "certs/ca.pem")]), Some(sasl))?;
+    let url = amqp_url("amqp", 5672, &vhost);
+    let (output, _) = plan_all(&[shop_manifest(), streaming], &url, &env).await?;
+    assert_eq!(
+        output.code, 0,
+        "plan with SCRAM-SHA-256 failed:\n{}",
+        output.stderr
+    );
+    assert!(
+        !output.stderr.contains(password) && !output.stdout.contains(password),
+        "plan shows the SASL password:\n{}{}",
+        output.stdout,
+        output.stderr
     );
     stunnel.stop().await?;
     drop(tansu);
