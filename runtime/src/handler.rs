@@ -173,6 +173,17 @@ pub struct LoadedHandler {
     warm: Arc<WarmInstances>,
 }
 
+impl LoadedHandler {
+    /// Returns the same compiled handler without the instances kept for
+    /// its calls, so that its next calls start in fresh instances.
+    pub fn without_instances(&self) -> LoadedHandler {
+        LoadedHandler {
+            warm: Arc::default(),
+            ..self.clone()
+        }
+    }
+}
+
 impl std::fmt::Debug for LoadedHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedHandler")
@@ -482,15 +493,25 @@ impl HandlerHost {
     ) -> Result<Vec<Emitted>, CallError> {
         let input = to_wit_event(event, attempt);
         let event_id: Arc<str> = Arc::from(event.id.as_str());
+        let deadline = tokio::time::Instant::now() + context.limits.timeout;
         let mut warm = match handler.warm.take(&context.consumer) {
             Some(warm) => warm,
             None => self.new_store(context)?,
         };
-        let mut outcome = call_on(&mut warm, handler, context, &input, event_id.clone()).await;
+        let mut outcome = call_on(
+            &mut warm,
+            handler,
+            context,
+            &input,
+            event_id.clone(),
+            deadline,
+        )
+        .await;
         // Memory that earlier calls left allocated counts against the
         // limit too. So an instance that reaches it after serving other
-        // calls gets the event again in a fresh instance, and only a call
-        // that needs too much memory on its own fails.
+        // calls gets the event again in a fresh instance, within the same
+        // deadline, and only a call that needs too much memory on its own
+        // fails. That first hit is logged but not counted as a limit hit.
         if warm.calls > 1 && matches!(outcome, Err(CallError::MemoryLimit(_))) {
             tracing::warn!(
                 consumer = %context.consumer,
@@ -501,7 +522,7 @@ impl HandlerHost {
                  next: free it, or lower `limits.calls_per_instance`"
             );
             warm = self.new_store(context)?;
-            outcome = call_on(&mut warm, handler, context, &input, event_id).await;
+            outcome = call_on(&mut warm, handler, context, &input, event_id, deadline).await;
         }
 
         // After a trap, a limit or a deadline, the guest's memory may be in
@@ -574,30 +595,32 @@ impl HandlerHost {
 }
 
 /// Runs one call in `warm`: clears the previous call's state, then calls
-/// `handle` and flushes the guest's output.
+/// `handle` until `deadline` and flushes the guest's output.
 async fn call_on(
     warm: &mut Warm,
     handler: &LoadedHandler,
     context: &CallContext,
     input: &types::Event,
     event_id: Arc<str>,
+    deadline: tokio::time::Instant,
 ) -> Result<Vec<Emitted>, CallError> {
     warm.store.data_mut().start_call(event_id);
-    // The deadline counts from now, not from the instance's last call.
+    // Epoch checks yield from now on, not from the instance's last call.
     warm.store.set_epoch_deadline(1);
-    let outcome = run_handle(warm, handler, context, input).await;
+    let outcome = run_handle(warm, handler, context, input, deadline).await;
     warm.store.data().finish_call();
     warm.calls += 1;
     outcome
 }
 
-/// Calls `handle` within the consumer's deadline, instantiating the handler
-/// first when the store has no instance yet.
+/// Calls `handle` until `deadline`, instantiating the handler first when
+/// the store has no instance yet.
 async fn run_handle(
     warm: &mut Warm,
     handler: &LoadedHandler,
     context: &CallContext,
     input: &types::Event,
+    deadline: tokio::time::Instant,
 ) -> Result<Vec<Emitted>, CallError> {
     let timeout = context.limits.timeout;
     let run = async {
@@ -609,7 +632,7 @@ async fn run_handle(
         warm.instance = Some(instance);
         result
     };
-    let result = match tokio::time::timeout(timeout, run).await {
+    let result = match tokio::time::timeout_at(deadline, run).await {
         Err(_) => return Err(CallError::Deadline(timeout)),
         Ok(Err(_)) if warm.store.data().limits.memory_limit_hit => {
             return Err(CallError::MemoryLimit(context.limits.memory));

@@ -180,7 +180,14 @@ impl Harness {
         for consumer in consumers {
             readers.push(Reader::attach(consumer, embedded.as_ref()).await?);
         }
-        self.drain(&mut readers, &services, &mut observation)
+        // Instances kept from earlier cases would let a handler's globals
+        // make the result depend on the order of the cases.
+        let handlers: HashMap<String, LoadedHandler> = self
+            .handlers
+            .iter()
+            .map(|(name, handler)| (name.clone(), handler.without_instances()))
+            .collect();
+        self.drain(&handlers, &mut readers, &services, &mut observation)
             .await?;
         Ok(observation)
     }
@@ -188,6 +195,7 @@ impl Harness {
     /// Lets each consumer take one message in turn until none is left.
     async fn drain(
         &self,
+        handlers: &HashMap<String, LoadedHandler>,
         readers: &mut [Reader],
         services: &Services,
         observation: &mut Observation,
@@ -195,7 +203,7 @@ impl Harness {
         loop {
             let mut progressed = false;
             for reader in readers.iter_mut() {
-                let Some(call) = reader.handle_next(&self.handlers, services).await? else {
+                let Some(call) = reader.handle_next(handlers, services).await? else {
                     continue;
                 };
                 progressed = true;
@@ -247,7 +255,10 @@ impl Reader {
 
     /// Handles the next message waiting for this consumer, if there is one.
     /// The embedded broker hands over a waiting message without yielding,
-    /// so a pending read means there is none.
+    /// so a pending read means there is none. The reads are unconstrained:
+    /// once this task has used up tokio's cooperative budget, a constrained
+    /// read would return pending even with a message waiting, which ended
+    /// a case early when handler calls returned without yielding.
     async fn handle_next(
         &mut self,
         handlers: &HashMap<String, LoadedHandler>,
@@ -256,7 +267,8 @@ impl Reader {
         let handler = &handlers[self.consumer.name.as_ref()];
         match &mut self.source {
             Source::Queue(deliveries) => {
-                let Some(delivery) = deliveries.next().now_or_never().flatten() else {
+                let next = tokio::task::unconstrained(deliveries.next());
+                let Some(delivery) = next.now_or_never().flatten() else {
                     return Ok(None);
                 };
                 let delivery = delivery?;
@@ -265,7 +277,7 @@ impl Reader {
                 Ok(Some(call))
             }
             Source::Topic(reader) => {
-                let Some(record) = reader.next().now_or_never() else {
+                let Some(record) = tokio::task::unconstrained(reader.next()).now_or_never() else {
                     return Ok(None);
                 };
                 let record = record?;

@@ -213,8 +213,11 @@ async fn handle(
         let Some(loaded) = handler.borrow().clone() else {
             return false;
         };
-        let disposition = match decide(consumer, services, &loaded, &record.message, previous).await
-        {
+        let decided = decide(consumer, services, &loaded, &record.message, previous).await;
+        // Released before the backoff, so that after a reload the old
+        // version's instances do not wait for this record's next attempt.
+        drop(loaded);
+        let disposition = match decided {
             Ok(disposition) => disposition,
             Err(err) => {
                 tracing::warn!(error = %err,

@@ -68,7 +68,7 @@ fn record_denial(consumer: &str, resource: Access, attempt: &str) {
 /// The boxed future that `WasiCtxBuilder::socket_addr_check` expects.
 type Permit = Pin<Box<dyn Future<Output = bool> + Send + Sync>>;
 
-/// Returns the socket address check of one call. TCP connections to the
+/// Returns the socket address check of one instance. TCP connections to the
 /// consumer's granted endpoints pass, and every other use of an address is
 /// denied, logged and counted.
 ///

@@ -653,8 +653,8 @@ pub struct LimitsDef {
     pub emit_size: ByteSize,
     /// Calls one handler instance serves before a fresh instance replaces
     /// it. Default 1000. An instance is also replaced after a trap or a
-    /// limit hit. 1 gives every call a fresh instance, at a cost of tens of
-    /// microseconds per call.
+    /// limit hit. 1 gives every call a fresh instance, which costs about
+    /// 5 µs more per call for a no-op handler.
     #[serde(default = "default_calls_per_instance")]
     pub calls_per_instance: u32,
 }
