@@ -136,6 +136,15 @@ fn broker_settings(tls: toml::Table, sasl: Option<toml::Table>) -> toml::Table {
     settings
 }
 
+/// Returns a `sasl` table for the user `switchyard`.
+fn sasl_table(mechanism: &str, password: &str) -> toml::Table {
+    string_table(&[
+        ("mechanism", mechanism),
+        ("username", "switchyard"),
+        ("password", password),
+    ])
+}
+
 /// Returns a table of string values, such as a `tls` or `sasl` table.
 fn string_table(entries: &[(&str, &str)]) -> toml::Table {
     entries
@@ -458,11 +467,7 @@ async fn kafka_sasl_plain_unsupported_reported() -> anyhow::Result<()> {
     let fixture = Fixture::new()?;
     let vhost = ScopedVhost::create("kafka-sasl")?;
     let (tansu, stunnel) = fixture.kafka_behind_tls(&["--authentication"]).await?;
-    let sasl = string_table(&[
-        ("mechanism", "PLAIN"),
-        ("username", "switchyard"),
-        ("password", "${TEST_KAFKA_PASSWORD}"),
-    ]);
+    let sasl = sasl_table("PLAIN", "${TEST_KAFKA_PASSWORD}");
     let streaming =
         fixture.streaming_manifest(string_table(&[("ca", "certs/ca.pem")]), Some(sasl))?;
     let bootstrap = format!("127.0.0.1:{}", stunnel.port());
@@ -523,11 +528,7 @@ async fn kafka_scram_rejected_login_reported() -> anyhow::Result<()> {
     let vhost = ScopedVhost::create("kafka-scram")?;
     let (tansu, stunnel) = fixture.kafka_behind_tls(&["--authentication"]).await?;
     let password = "kafka-password-93ad";
-    let sasl = string_table(&[
-        ("mechanism", "SCRAM-SHA-256"),
-        ("username", "switchyard"),
-        ("password", password),
-    ]);
+    let sasl = sasl_table("SCRAM-SHA-256", password);
     let streaming =
         fixture.streaming_manifest(string_table(&[("ca", "certs/ca.pem")]), Some(sasl))?;
     let bootstrap = format!("127.0.0.1:{}", stunnel.port());
@@ -551,11 +552,7 @@ async fn kafka_sasl_plaintext_rejected_login_reported() -> anyhow::Result<()> {
     let vhost = ScopedVhost::create("kafka-sasl-plaintext")?;
     let port = free_port()?;
     let tansu = Tansu::start_with(fixture.path(), port, port, &["--authentication"]).await?;
-    let sasl = string_table(&[
-        ("mechanism", "SCRAM-SHA-512"),
-        ("username", "switchyard"),
-        ("password", "${TEST_KAFKA_PASSWORD}"),
-    ]);
+    let sasl = sasl_table("SCRAM-SHA-512", "${TEST_KAFKA_PASSWORD}");
     // No `tls` table, so switchyard connects with `SASL_PLAINTEXT`.
     let mut settings = toml::Table::new();
     settings.insert("sasl".to_owned(), toml::Value::Table(sasl));
@@ -605,11 +602,7 @@ async fn kafka_scram_login_accepted() -> anyhow::Result<()> {
     let tansu =
         Tansu::start_sqlite(fixture.path(), port, stunnel.port(), &["--authentication"]).await?;
 
-    let sasl = string_table(&[
-        ("mechanism", "SCRAM-SHA-512"),
-        ("username", "switchyard"),
-        ("password", "${TEST_KAFKA_PASSWORD}"),
-    ]);
+    let sasl = sasl_table("SCRAM-SHA-512", "${TEST_KAFKA_PASSWORD}");
     let streaming =
         fixture.streaming_manifest(string_table(&[("ca", "certs/ca.pem")]), Some(sasl))?;
     let bootstrap = format!("127.0.0.1:{}", stunnel.port());
@@ -629,11 +622,7 @@ async fn kafka_scram_login_accepted() -> anyhow::Result<()> {
         stopped.stderr
     );
 
-    let sasl = string_table(&[
-        ("mechanism", "SCRAM-SHA-256"),
-        ("username", "switchyard"),
-        ("password", "${TEST_KAFKA_PASSWORD}"),
-    ]);
+    let sasl = sasl_table("SCRAM-SHA-256", "${TEST_KAFKA_PASSWORD}");
     let streaming =
         fixture.streaming_manifest(string_table(&[("ca", "certs/ca.pem")]), Some(sasl))?;
     let url = amqp_url("amqp", 5672, &vhost);

@@ -517,9 +517,9 @@ impl HandlerHost {
                 consumer = %context.consumer,
                 calls = warm.calls - 1,
                 limit_bytes = context.limits.memory,
-                "handler instance reached its memory limit after serving other calls; calling \
-                 it again in a fresh instance. The handler may keep memory from one call to the \
-                 next: free it, or lower `limits.calls_per_instance`"
+                "handler instance reached its memory limit after serving other calls, so the \
+                 event is handled again in a fresh instance. The handler may keep memory from \
+                 one call to the next: free it, or lower `limits.calls_per_instance`"
             );
             warm = self.new_store(context)?;
             outcome = call_on(&mut warm, handler, context, &input, event_id, deadline).await;

@@ -19,8 +19,8 @@ use super::CallState;
 use super::bindings;
 
 /// Maximum time an instance waits for its next call. Each idle instance
-/// holds slots of the pooling allocator, so the instances left over from a
-/// burst of calls are dropped once their consumer has gone this long with
+/// keeps slots of the pooling allocator. So the instances left over from a
+/// burst of calls are dropped once their consumer has run this long with
 /// fewer calls at once.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
 
