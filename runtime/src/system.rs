@@ -259,6 +259,9 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     }
     loading.abort();
     while http.join_next().await.is_some() {}
+    for broker in brokers.values() {
+        broker.finish().await;
+    }
     if let Some(message) = failure {
         bail!("{message}");
     }

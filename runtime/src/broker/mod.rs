@@ -250,6 +250,11 @@ pub trait Broker: Send + Sync {
 
     /// Reports whether the broker is connected now.
     fn is_connected(&self) -> bool;
+
+    /// Sends what the broker client holds back, such as acknowledgements
+    /// waiting to share a frame, before the process stops. The default has
+    /// nothing to send.
+    async fn finish(&self) {}
 }
 
 /// A failed broker operation.
@@ -422,5 +427,11 @@ impl Broker for Deferred {
 
     fn is_connected(&self) -> bool {
         self.inner.get().is_some_and(|broker| broker.is_connected())
+    }
+
+    async fn finish(&self) {
+        if let Some(broker) = self.inner.get() {
+            broker.finish().await;
+        }
     }
 }

@@ -1,41 +1,80 @@
 //! Coalesced acknowledgements of one consumer channel.
 //!
-//! Sending and awaiting one `basic.ack` per delivery limits a consumer to
-//! one round trip through lapin's I/O loop per message. Here, deliveries that
-//! finish while another ack is being sent wait for it to return, and then
-//! one `basic.ack` with `multiple` set covers every finished delivery up to
-//! the first one still in progress. A delivery is only ever covered once it
-//! was acked or rejected, so no message is acknowledged before its handler
-//! finished.
+//! Every `basic.ack` is a frame for the broker to process and a round trip
+//! through lapin's I/O loop, and on a small machine the broker and the
+//! consumer share the cores. So acks wait here and go out as one frame with
+//! `multiple` set, covering every settled delivery up to the first one still
+//! in progress. They go out when half the prefetch window waits, or
+//! [`ACK_DELAY`] after the first of them was recorded, whichever comes
+//! first. A delivery is only covered once it was acked or rejected, so no
+//! message is acknowledged before its handler finished.
 //!
 //! Deliveries that finished behind a slower earlier one are acknowledged one
 //! by one once half the prefetch window waits that way, so a slow handler
 //! call cannot stall the consumer. A delivery dropped without being settled
 //! must stay unacknowledged until the channel closes. A `multiple` ack would
 //! cover it, so after one every ack of the channel is sent on its own.
+//!
+//! The frames go out on the channel itself rather than through lapin's
+//! `Acker`, which hands each one through an extra task.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
+use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
 
-use super::consumer::settled;
+use super::errors;
 use crate::broker::BrokerError;
+
+/// Maximum time an ack waits for others to share its frame.
+pub(super) const ACK_DELAY: Duration = Duration::from_millis(20);
+
+/// Completed deliveries that wait for a frame when the channel has no
+/// prefetch limit.
+const UNLIMITED_PREFETCH_BATCH: usize = 1024;
+
+/// The delayed sends of one broker's consumers, so that closing the broker
+/// sends the waiting acks before the connection goes.
+#[derive(Clone, Default)]
+pub(super) struct DelayedAcks {
+    tasks: TaskTracker,
+    /// Cancelled when the broker closes: waiting acks go out at once.
+    closing: CancellationToken,
+}
+
+impl DelayedAcks {
+    /// Sends every waiting ack now and waits until they are sent.
+    pub(super) async fn send_now(&self) {
+        self.closing.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
 
 /// Deliveries of one channel that no ack frame has covered yet.
 pub(super) struct AckBatch {
-    state: Mutex<State<lapin::Acker>>,
+    /// Also keeps the channel open until the last waiting ack is sent.
+    channel: Channel,
+    delayed: DelayedAcks,
+    state: Mutex<State>,
 }
 
 impl AckBatch {
     /// `prefetch` is the channel's prefetch count; 0 means unlimited.
-    pub(super) fn new(prefetch: u16) -> Arc<AckBatch> {
-        let held_limit = match prefetch {
-            0 => UNLIMITED_PREFETCH_HELD_LIMIT,
+    pub(super) fn new(channel: Channel, prefetch: u16, delayed: DelayedAcks) -> Arc<AckBatch> {
+        let batch = match prefetch {
+            0 => UNLIMITED_PREFETCH_BATCH,
             n => usize::from(n / 2).max(1),
         };
         Arc::new(AckBatch {
-            state: Mutex::new(State::new(held_limit)),
+            channel,
+            delayed,
+            state: Mutex::new(State::new(batch)),
         })
     }
 
@@ -45,43 +84,55 @@ impl AckBatch {
         self.lock().pending.insert(tag, Slot::Unsettled);
     }
 
-    /// Acknowledges a delivery. Returns once an ack frame covering it was
-    /// sent, or at once when another call is sending frames now: that call
-    /// sends this ack before it returns.
-    pub(super) async fn ack(
-        self: &Arc<Self>,
-        tag: u64,
-        acker: lapin::Acker,
-    ) -> Result<(), BrokerError> {
-        if !self.settle(tag, Slot::Acked(acker)) {
-            return Ok(());
+    /// Acknowledges a delivery. The frame covering it goes out within
+    /// [`ACK_DELAY`], or before this call returns when this ack fills a
+    /// batch.
+    ///
+    /// Fails when the channel is closed already: the broker then redelivers
+    /// the message.
+    pub(super) async fn ack(self: &Arc<Self>, tag: u64) -> Result<(), BrokerError> {
+        if !self.channel.status().connected() {
+            self.abandon(tag);
+            return Err(channel_closed());
         }
-        self.flush().await
+        let claimed = {
+            let mut state = self.lock();
+            state.settle(tag, Slot::Acked);
+            if state.is_full() {
+                state.start_flush()
+            } else {
+                if !std::mem::replace(&mut state.delay_running, true) {
+                    self.start_delay();
+                }
+                false
+            }
+        };
+        if claimed { self.flush().await } else { Ok(()) }
     }
 
     /// Rejects a delivery at once, then sends the acks it held back.
     pub(super) async fn reject(
         self: &Arc<Self>,
         tag: u64,
-        acker: lapin::Acker,
         requeue: bool,
     ) -> Result<(), BrokerError> {
         // The reject goes out before the delivery counts as settled, so no
         // `multiple` ack can reach the broker ahead of it and cover it.
-        let rejected = settled(acker.reject(BasicRejectOptions { requeue }).await);
-        if !self.settle(tag, Slot::Rejected) {
+        let rejected = self
+            .channel
+            .basic_reject(tag, BasicRejectOptions { requeue })
+            .await
+            .map_err(|error| self.frame_error(&error));
+        let claimed = {
+            let mut state = self.lock();
+            state.settle(tag, Slot::Rejected);
+            state.start_flush()
+        };
+        if !claimed {
             return rejected;
         }
         let flushed = self.flush().await;
         rejected.and(flushed)
-    }
-
-    /// Records how a delivery was settled and returns whether the caller
-    /// claimed the flush; otherwise the call flushing now sends it.
-    fn settle(&self, tag: u64, slot: Slot<lapin::Acker>) -> bool {
-        let mut state = self.lock();
-        state.settle(tag, slot);
-        state.start_flush()
     }
 
     /// Leaves a delivery unacknowledged for good: the broker redelivers it
@@ -92,6 +143,27 @@ impl AckBatch {
     /// when the channel closes.
     pub(super) fn abandon(&self, tag: u64) {
         self.lock().abandon(tag);
+    }
+
+    /// Sends the waiting acks after [`ACK_DELAY`], or at once when the
+    /// broker closes.
+    fn start_delay(self: &Arc<Self>) {
+        let batch = Arc::clone(self);
+        self.delayed.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(ACK_DELAY) => {}
+                () = batch.delayed.closing.cancelled() => {}
+            }
+            let claimed = {
+                let mut state = batch.lock();
+                state.delay_running = false;
+                state.start_flush()
+            };
+            if claimed && let Err(error) = batch.flush().await {
+                warn!(%error, "cannot send waiting acknowledgements; \
+                    the broker redelivers those messages");
+            }
+        });
     }
 
     /// Sends frames until nothing is left to send. Only one call at a time
@@ -115,14 +187,32 @@ impl AckBatch {
                 let options = BasicAckOptions {
                     multiple: frame.multiple,
                 };
-                settled(frame.acker.ack(options).await)?;
+                self.channel
+                    .basic_ack(frame.tag, options)
+                    .await
+                    .map_err(|error| self.frame_error(&error))?;
             }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State<lapin::Acker>> {
+    fn frame_error(&self, error: &lapin::Error) -> BrokerError {
+        if self.channel.status().connected() {
+            errors::broker_error(error)
+        } else {
+            channel_closed()
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn channel_closed() -> BrokerError {
+    BrokerError::Closed(
+        "the delivery's channel closed before it was settled; the broker redelivers the message"
+            .to_owned(),
+    )
 }
 
 /// Clears `flushing` when a flush ends by an error or cancellation, so a
@@ -135,56 +225,55 @@ impl Drop for FlushGuard<'_> {
     }
 }
 
-/// Completed deliveries held behind an unsettled one when the channel has
-/// no prefetch limit.
-const UNLIMITED_PREFETCH_HELD_LIMIT: usize = 1024;
-
 /// The state of a delivery that no ack frame covered yet.
-#[derive(Debug)]
-enum Slot<A> {
+#[derive(Debug, PartialEq, Eq)]
+enum Slot {
     Unsettled,
-    /// Acked by the caller; `A` sends the frame.
-    Acked(A),
+    Acked,
     /// Rejected with its own frame already, so a `multiple` ack may cover it.
     Rejected,
 }
 
 /// One `basic.ack` to send.
 #[derive(Debug, PartialEq, Eq)]
-struct Frame<A> {
-    acker: A,
+struct Frame {
+    tag: u64,
     multiple: bool,
 }
 
-/// The bookkeeping of an `AckBatch`, generic over the acker so that it can
+/// The bookkeeping of an `AckBatch`, apart from the channel so that it can
 /// be tested without a broker.
 #[derive(Debug)]
-struct State<A> {
+struct State {
     /// By delivery tag.
-    pending: BTreeMap<u64, Slot<A>>,
-    /// Acked slots in `pending` behind an unsettled one.
+    pending: BTreeMap<u64, Slot>,
+    /// Acked slots in `pending`.
     held: usize,
-    held_limit: usize,
+    /// How many acked slots make a frame go out at once.
+    batch: usize,
     /// Whether a call is sending frames; others leave their acks to it.
     flushing: bool,
+    /// Whether a task will send the waiting acks after [`ACK_DELAY`].
+    delay_running: bool,
     /// Set once a delivery was abandoned: from then on every ack is sent on
     /// its own.
     singles_only: bool,
 }
 
-impl<A> State<A> {
-    fn new(held_limit: usize) -> Self {
+impl State {
+    fn new(batch: usize) -> Self {
         State {
             pending: BTreeMap::new(),
             held: 0,
-            held_limit,
+            batch,
             flushing: false,
+            delay_running: false,
             singles_only: false,
         }
     }
 
-    fn settle(&mut self, tag: u64, slot: Slot<A>) {
-        if matches!(slot, Slot::Acked(_)) {
+    fn settle(&mut self, tag: u64, slot: Slot) {
+        if slot == Slot::Acked {
             self.held += 1;
         }
         self.pending.insert(tag, slot);
@@ -195,6 +284,11 @@ impl<A> State<A> {
         self.singles_only = true;
     }
 
+    /// Whether the acks waiting now should go out without delay.
+    fn is_full(&self) -> bool {
+        self.held >= self.batch || self.singles_only
+    }
+
     /// Claims the flush for the caller; false when another call has it.
     fn start_flush(&mut self) -> bool {
         !std::mem::replace(&mut self.flushing, true)
@@ -202,55 +296,56 @@ impl<A> State<A> {
 
     /// Removes what can be acknowledged now and returns the frames for it:
     /// one `multiple` ack for the settled deliveries before the first
-    /// unsettled one, and single acks for the ones behind it once
-    /// `held_limit` of them wait.
-    fn take_frames(&mut self) -> Vec<Frame<A>> {
+    /// unsettled one, and single acks for the ones behind it once a batch
+    /// of them wait.
+    fn take_frames(&mut self) -> Vec<Frame> {
         let mut frames = Vec::new();
         let mut last_acked = None;
         while let Some(entry) = self.pending.first_entry() {
-            if matches!(entry.get(), Slot::Unsettled) {
+            if *entry.get() == Slot::Unsettled {
                 break;
             }
-            if let Slot::Acked(acker) = entry.remove() {
+            let (tag, slot) = entry.remove_entry();
+            if slot == Slot::Acked {
                 self.held -= 1;
                 if self.singles_only {
                     frames.push(Frame {
-                        acker,
+                        tag,
                         multiple: false,
                     });
                 } else {
-                    last_acked = Some(acker);
+                    last_acked = Some(tag);
                 }
             }
         }
-        if let Some(acker) = last_acked {
+        if let Some(tag) = last_acked {
             frames.push(Frame {
-                acker,
+                tag,
                 multiple: true,
             });
         }
-        if self.held > 0 && (self.singles_only || self.held >= self.held_limit) {
+        if self.held > 0 && (self.singles_only || self.held >= self.batch) {
             frames.extend(self.take_held());
         }
         frames
     }
 
     /// Removes every acked slot behind an unsettled one, as single acks.
-    fn take_held(&mut self) -> Vec<Frame<A>> {
+    fn take_held(&mut self) -> Vec<Frame> {
         let tags: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, slot)| matches!(slot, Slot::Acked(_)))
+            .filter(|(_, slot)| **slot == Slot::Acked)
             .map(|(tag, _)| *tag)
             .collect();
         self.held = 0;
+        for tag in &tags {
+            self.pending.remove(tag);
+        }
         tags.into_iter()
-            .filter_map(|tag| match self.pending.remove(&tag) {
-                Some(Slot::Acked(acker)) => Some(Frame {
-                    acker,
-                    multiple: false,
-                }),
-                _ => None,
+            .map(|tag| Frame {
+                tag,
+                multiple: false,
             })
             .collect()
     }
@@ -260,29 +355,29 @@ impl<A> State<A> {
 mod tests {
     use super::*;
 
-    /// Returns a state with deliveries 1..=count, whose ackers are their tags.
-    fn delivered(count: u64, held_limit: usize) -> State<u64> {
-        let mut state = State::new(held_limit);
+    /// Returns a state with deliveries 1..=count.
+    fn delivered(count: u64, batch: usize) -> State {
+        let mut state = State::new(batch);
         for tag in 1..=count {
             state.pending.insert(tag, Slot::Unsettled);
         }
         state
     }
 
-    fn ack(state: &mut State<u64>, tag: u64) {
-        state.settle(tag, Slot::Acked(tag));
+    fn ack(state: &mut State, tag: u64) {
+        state.settle(tag, Slot::Acked);
     }
 
-    fn single(tag: u64) -> Frame<u64> {
+    fn single(tag: u64) -> Frame {
         Frame {
-            acker: tag,
+            tag,
             multiple: false,
         }
     }
 
-    fn multiple(tag: u64) -> Frame<u64> {
+    fn multiple(tag: u64) -> Frame {
         Frame {
-            acker: tag,
+            tag,
             multiple: true,
         }
     }
@@ -351,6 +446,29 @@ mod tests {
         assert_eq!(state.take_frames(), vec![single(1), single(3)]);
         ack(&mut state, 4);
         assert_eq!(state.take_frames(), vec![single(4)]);
+    }
+
+    #[test]
+    fn acks_wait_until_a_batch_is_full() {
+        let mut state = delivered(4, 3);
+        ack(&mut state, 1);
+        ack(&mut state, 2);
+        assert!(!state.is_full());
+        state.settle(3, Slot::Rejected);
+        assert!(!state.is_full(), "a reject is sent on its own");
+        ack(&mut state, 4);
+        assert!(state.is_full());
+        assert_eq!(state.take_frames(), vec![multiple(4)]);
+        assert!(!state.is_full());
+    }
+
+    #[test]
+    fn abandoned_delivery_sends_acks_at_once() {
+        let mut state = delivered(3, 10);
+        state.abandon(1);
+        assert!(state.is_full());
+        ack(&mut state, 2);
+        assert_eq!(state.take_frames(), vec![single(2)]);
     }
 
     #[test]

@@ -46,12 +46,11 @@ pub(super) async fn consume(
     info!(broker = %shared.name, queue, consumer_tag = %consumer.tag(), prefetch, "started consumer");
     let state = ConsumerState {
         consumer,
-        _channel: channel,
         broker: shared.name.clone(),
         queue: queue.to_owned(),
         installs: shared.subscribe_installs(),
         ended: false,
-        acks: AckBatch::new(prefetch),
+        acks: AckBatch::new(channel, prefetch, shared.delayed_acks.clone()),
     };
     Ok(Box::pin(futures::stream::unfold(state, next_delivery)))
 }
@@ -93,14 +92,14 @@ fn consume_error(error: &lapin::Error, queue: &str) -> BrokerError {
 
 struct ConsumerState {
     consumer: Consumer,
-    /// Kept so that the channel closes only when the stream is dropped.
-    _channel: Channel,
     broker: String,
     queue: String,
     /// Changes when the supervisor installs a new connection, which leaves
     /// this consumer's connection behind.
     installs: watch::Receiver<u64>,
     ended: bool,
+    /// Holds the channel, which closes once the stream is dropped and the
+    /// last waiting ack was sent.
     acks: Arc<AckBatch>,
 }
 
@@ -152,7 +151,6 @@ fn delivery_from_lapin(delivery: lapin::message::Delivery, batch: &Arc<AckBatch>
         redelivered,
         properties,
         data,
-        acker,
         ..
     } = delivery;
     batch.delivered(delivery_tag);
@@ -161,52 +159,38 @@ fn delivery_from_lapin(delivery: lapin::message::Delivery, batch: &Arc<AckBatch>
         message: properties::message(&routing_key, &properties, data),
         redelivered,
         acker: Box::new(AmqpAcker {
-            acker: Some(acker),
             tag: delivery_tag,
             batch: batch.clone(),
+            settled: false,
         }),
     }
 }
 
 /// Settles a delivery through its channel's `AckBatch`.
 struct AmqpAcker {
-    /// Taken when the delivery is settled; still set in `drop` when it was not.
-    acker: Option<lapin::Acker>,
     tag: u64,
     batch: Arc<AckBatch>,
+    /// Still false in `drop` when the delivery was never settled.
+    settled: bool,
 }
 
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(mut self: Box<Self>) -> Result<(), BrokerError> {
-        let acker = self.acker.take().expect("a delivery is settled once");
-        self.batch.ack(self.tag, acker).await
+        self.settled = true;
+        self.batch.ack(self.tag).await
     }
 
     async fn reject(mut self: Box<Self>, requeue: bool) -> Result<(), BrokerError> {
-        let acker = self.acker.take().expect("a delivery is settled once");
-        self.batch.reject(self.tag, acker, requeue).await
+        self.settled = true;
+        self.batch.reject(self.tag, requeue).await
     }
 }
 
 impl Drop for AmqpAcker {
     fn drop(&mut self) {
-        if self.acker.is_some() {
+        if !self.settled {
             self.batch.abandon(self.tag);
         }
-    }
-}
-
-/// lapin returns `Ok(false)` when the acker cannot be used because its channel
-/// closed since the delivery, so the broker will redeliver it.
-pub(super) fn settled(result: Result<bool, lapin::Error>) -> Result<(), BrokerError> {
-    match result {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(BrokerError::Closed(
-            "the delivery's channel closed before it was settled; the broker redelivers the \
-             message"
-                .to_owned(),
-        )),
-        Err(error) => Err(errors::broker_error(&error)),
     }
 }

@@ -141,6 +141,7 @@ impl AmqpBroker {
         if let Some(supervisor) = self.supervisor_handle().take() {
             supervisor.abort();
         }
+        self.send_waiting_acks().await;
         if let Some(session) = self.shared.current_session() {
             self.shared.remove(&session);
             let close = session.connection.close(200, "OK".into());
@@ -155,6 +156,19 @@ impl AmqpBroker {
             }
         }
         info!(broker = %self.shared.name, "closed broker connection");
+    }
+
+    /// Sends the consumers' waiting acknowledgements, waiting at most the
+    /// operation timeout.
+    async fn send_waiting_acks(&self) {
+        let waiting_acks = self.shared.delayed_acks.send_now();
+        if tokio::time::timeout(self.shared.options.operation_timeout, waiting_acks)
+            .await
+            .is_err()
+        {
+            warn!(broker = %self.shared.name, "waiting acknowledgements were not sent in time; \
+                the broker redelivers those messages");
+        }
     }
 
     fn start_supervisor(&self, initial: Option<Arc<session::Session>>) {
@@ -238,5 +252,9 @@ impl Broker for AmqpBroker {
 
     fn is_connected(&self) -> bool {
         self.shared.is_connected()
+    }
+
+    async fn finish(&self) {
+        self.send_waiting_acks().await;
     }
 }

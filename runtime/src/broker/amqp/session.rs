@@ -12,6 +12,7 @@ use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder}
 use tokio::sync::watch;
 
 use super::AmqpOptions;
+use super::acks::DelayedAcks;
 use super::{errors, tls};
 use crate::broker::BrokerError;
 use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};
@@ -30,6 +31,8 @@ pub(super) struct Shared {
     session_installed: watch::Sender<u64>,
     /// Everything declared successfully, declared again on every new connection.
     declared: Mutex<DeclaredTopology>,
+    /// Consumer acks waiting to share a frame, sent before the broker closes.
+    pub delayed_acks: DelayedAcks,
 }
 
 impl Shared {
@@ -43,6 +46,7 @@ impl Shared {
             session: RwLock::new(None),
             session_installed: watch::Sender::new(0),
             declared: Mutex::new(DeclaredTopology::default()),
+            delayed_acks: DelayedAcks::default(),
         }
     }
 

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::acks::ACK_DELAY;
 use super::{AmqpBroker, AmqpOptions};
 use crate::broker::{Broker, BrokerError, Deliveries, Delivery, HeaderValue, Message};
 use crate::topology::{BindingSpec, ExchangeKind, ExchangeSpec, QueueKind, QueueSpec};
@@ -408,6 +409,72 @@ async fn concurrent_acks_settle_every_delivery() {
     }
     drop(deliveries);
     wait_for_depth(&broker, &work, 0).await;
+}
+
+/// Returns how many messages of `queue` in `vhost` are delivered and not
+/// acknowledged, as the broker counts them.
+fn unacknowledged(vhost: &str, queue: &str) -> u32 {
+    let listing = rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        vhost,
+        "name",
+        "messages_unacknowledged",
+        "--quiet",
+        "--no-table-headers",
+    ]);
+    listing
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(name, _)| *name == queue)
+        .and_then(|(_, count)| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no queue `{queue}` in `rabbitmqctl list_queues`: {listing}"))
+}
+
+#[tokio::test]
+async fn waiting_acks_reach_a_consumer_at_rest() {
+    let vhost = VhostLease::acquire();
+    let broker = connect(&vhost.url()).await;
+    let work = unique("acks-at-rest");
+    // Prefetch 10 sends a frame once 5 acks wait; 3 acks only go out when
+    // their delay ends.
+    let (_deliveries, mut received) = deliver_all(&broker, &work, 10).await;
+    for delivery in received.drain(..3) {
+        delivery.ack().await.expect("ack");
+    }
+    let deadline = Instant::now() + RECEIVE_TIMEOUT;
+    loop {
+        let count = unacknowledged(&vhost.name, &work);
+        if count == 7 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{work}` has {count} unacknowledged messages, expected 7"
+        );
+        tokio::time::sleep(ACK_DELAY).await;
+    }
+    for delivery in received {
+        delivery.ack().await.expect("ack");
+    }
+}
+
+#[tokio::test]
+async fn waiting_acks_sent_before_close() {
+    let vhost = VhostLease::acquire();
+    let broker = connect(&vhost.url()).await;
+    let work = unique("acks-close");
+    let (deliveries, mut received) = deliver_all(&broker, &work, 10).await;
+    for delivery in received.drain(..3) {
+        delivery.ack().await.expect("ack");
+    }
+    // Closed well within the ack delay: the 3 acks must still go out first,
+    // and only the 7 unsettled messages return to the queue.
+    broker.close().await;
+    drop((deliveries, received));
+
+    let other = connect(&vhost.url()).await;
+    wait_for_depth(&other, &work, 7).await;
 }
 
 #[tokio::test]
