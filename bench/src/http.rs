@@ -1,7 +1,8 @@
 //! HTTP publish path: `POST /orders` on switchyard (validate, envelope,
 //! confirmed publish) and on the Node.js order service (no confirms) under
-//! the same wrk load, alternating with raw lapin confirmed publishes of a
-//! message of the same size.
+//! the same wrk load, alternating with raw lapin publishes of a message of
+//! the same size: as many publishers as wrk has connections, each waiting
+//! for its confirm, and one publisher with a large window of confirms.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ const NODE_QUEUE: &str = "node-orders";
 const WARM_UP: Duration = Duration::from_secs(3);
 /// Messages of each raw lapin publish run.
 const LAPIN_PUBLISHES: u32 = 20_000;
+/// Confirm-mode channels of the raw lapin publishers that await each
+/// confirm: as many as switchyard's default publish channel pool.
+const LAPIN_CHANNELS: usize = 4;
 /// Largest share of failed responses that still counts as a valid run.
 const MAX_ERROR_SHARE: f64 = 0.001;
 
@@ -36,6 +40,8 @@ struct Samples {
     node_rps: Vec<f64>,
     node_p99: Vec<f64>,
     lapin_rate: Vec<f64>,
+    lapin_each_rate: Vec<f64>,
+    lapin_each_p99: Vec<f64>,
     switchyard_peak_mib: Vec<f64>,
     node_peak_mib: Vec<f64>,
 }
@@ -80,6 +86,20 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
         purge_both(suite).await?;
 
         let body = vec![b' '; message];
+        let each = rabbit::publish_each_confirmed(
+            &suite.connection,
+            "events",
+            "order.placed",
+            &body,
+            suite.http_connections,
+            LAPIN_CHANNELS,
+            suite.http_duration,
+        )
+        .await?;
+        samples.lapin_each_rate.push(each.rate);
+        samples.lapin_each_p99.push(each.p99_ms);
+        purge_both(suite).await?;
+
         let rate = rabbit::publish_confirmed(
             &suite.connection,
             "events",
@@ -93,11 +113,13 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
 
         println!(
             "  http run {run}: switchyard {:.0} req/s p99 {:.2} ms, node {:.0} req/s p99 {:.2} ms, \
-             lapin confirmed publishes {:.0}/s",
+             lapin each confirmed {:.0}/s p99 {:.2} ms, lapin batched confirms {:.0}/s",
             report.requests_per_second,
             report.p99_ms,
             node_report.requests_per_second,
             node_report.p99_ms,
+            each.rate,
+            each.p99_ms,
             rate
         );
     }
@@ -137,6 +159,20 @@ fn figures(samples: &Samples) -> Vec<Figure> {
             "req/s",
             "raw_lapin_confirmed_publish",
             &samples.lapin_rate,
+        ),
+        Figure::versus(
+            "http_publish_vs_raw_lapin_confirm_each",
+            &samples.switchyard_rps,
+            "req/s",
+            "raw_lapin_publish_awaiting_each_confirm",
+            &samples.lapin_each_rate,
+        ),
+        Figure::versus(
+            "http_publish_p99_vs_raw_lapin_confirm_each",
+            &samples.switchyard_p99,
+            "ms",
+            "raw_lapin_publish_awaiting_each_confirm",
+            &samples.lapin_each_p99,
         ),
         Figure::versus(
             "rss_http_load_vs_node",

@@ -167,6 +167,84 @@ pub async fn publish_confirmed(
     Ok(rate)
 }
 
+/// The rate and tail latency of [`publish_each_confirmed`].
+pub struct ConfirmedPublishes {
+    pub rate: f64,
+    pub p99_ms: f64,
+}
+
+/// Publishes persistent copies of `body` for `duration` from `publishers`
+/// tasks that each wait for their own confirm before the next publish, as
+/// an HTTP handler that answers after the confirm does. The tasks share
+/// `channels` confirm-mode channels. Returns the confirmed publishes per
+/// second and the 99th percentile of publish-to-confirm latency.
+pub async fn publish_each_confirmed(
+    connection: &Connection,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    publishers: u32,
+    channels: usize,
+    duration: Duration,
+) -> anyhow::Result<ConfirmedPublishes> {
+    let mut opened = Vec::with_capacity(channels);
+    for _ in 0..channels.max(1) {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        opened.push(channel);
+    }
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for publisher in 0..publishers as usize {
+        let channel = opened[publisher % opened.len()].clone();
+        let (exchange, routing_key) = (exchange.to_owned(), routing_key.to_owned());
+        let (body, properties) = (body.to_vec(), properties.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            while started.elapsed() < duration {
+                let sent = Instant::now();
+                let confirm = channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        properties.clone(),
+                    )
+                    .await?
+                    .await?;
+                if !confirm.is_ack() {
+                    bail!("the broker did not confirm a publish (basic.nack)");
+                }
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        latencies.extend(result??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    for channel in opened {
+        close_channel(channel).await;
+    }
+    if latencies.is_empty() {
+        bail!("no publish was confirmed within {duration:?}");
+    }
+    latencies.sort_unstable();
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    Ok(ConfirmedPublishes {
+        rate: latencies.len() as f64 / elapsed,
+        p99_ms: p99.as_secs_f64() * 1000.0,
+    })
+}
+
 async fn await_confirms(pending: &mut Vec<lapin::PublisherConfirm>) -> anyhow::Result<()> {
     for confirm in futures::future::join_all(pending.drain(..)).await {
         if !confirm?.is_ack() {
