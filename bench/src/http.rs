@@ -86,7 +86,7 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
         purge_both(suite).await?;
 
         let body = vec![b' '; message];
-        let each = rabbit::publish_each_confirmed(
+        let awaiting = rabbit::publish_each_confirmed(
             &suite.connection,
             "events",
             "order.placed",
@@ -96,8 +96,8 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
             suite.http_duration,
         )
         .await?;
-        samples.lapin_each_rate.push(each.rate);
-        samples.lapin_each_p99.push(each.p99_ms);
+        samples.lapin_each_rate.push(awaiting.rate);
+        samples.lapin_each_p99.push(awaiting.p99_ms);
         purge_both(suite).await?;
 
         let rate = rabbit::publish_confirmed(
@@ -118,8 +118,8 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
             report.p99_ms,
             node_report.requests_per_second,
             node_report.p99_ms,
-            each.rate,
-            each.p99_ms,
+            awaiting.rate,
+            awaiting.p99_ms,
             rate
         );
     }

@@ -195,6 +195,7 @@ pub async fn publish_each_confirmed(
             .await?;
         opened.push(channel);
     }
+
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into());
@@ -226,6 +227,7 @@ pub async fn publish_each_confirmed(
             anyhow::Ok(latencies)
         });
     }
+
     let mut latencies = Vec::new();
     while let Some(result) = tasks.join_next().await {
         latencies.extend(result??);
