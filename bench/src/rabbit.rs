@@ -175,7 +175,7 @@ pub struct ConfirmedPublishes {
 
 /// Publishes persistent copies of `body` for `duration` from `publishers`
 /// tasks that each wait for their own confirm before the next publish, as
-/// an HTTP handler that answers after the confirm does. The tasks share
+/// an HTTP handler that responds after the confirm does. The tasks share
 /// `channels` confirm-mode channels. Returns the confirmed publishes per
 /// second and the 99th percentile of publish-to-confirm latency.
 pub async fn publish_each_confirmed(

@@ -16,7 +16,7 @@
 //! cover it, so after one every ack of the channel is sent on its own.
 //!
 //! The frames go out on the channel itself rather than through lapin's
-//! `Acker`, which hands each one through an extra task.
+//! `Acker`, which passes each ack to an internal task that spawns another.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -34,12 +34,12 @@ use crate::broker::BrokerError;
 /// Maximum time an ack waits for others to share its frame.
 pub(super) const ACK_DELAY: Duration = Duration::from_millis(20);
 
-/// Completed deliveries that wait for a frame when the channel has no
+/// Acked deliveries that make a frame go out when the channel has no
 /// prefetch limit.
 const UNLIMITED_PREFETCH_BATCH: usize = 1024;
 
 /// The delayed sends of one broker's consumers, so that closing the broker
-/// sends the waiting acks before the connection goes.
+/// sends the waiting acks before the connection closes.
 #[derive(Clone, Default)]
 pub(super) struct DelayedAcks {
     tasks: TaskTracker,
@@ -95,18 +95,18 @@ impl AckBatch {
             self.abandon(tag);
             return Err(channel_closed());
         }
-        let claimed = {
+        let (claimed, delay) = {
             let mut state = self.lock();
             state.settle(tag, Slot::Acked);
             if state.is_full() {
-                state.start_flush()
+                (state.start_flush(), false)
             } else {
-                if !std::mem::replace(&mut state.delay_running, true) {
-                    self.start_delay();
-                }
-                false
+                (false, !std::mem::replace(&mut state.delay_running, true))
             }
         };
+        if delay {
+            self.start_delay();
+        }
         if claimed { self.flush().await } else { Ok(()) }
     }
 
@@ -145,8 +145,8 @@ impl AckBatch {
         self.lock().abandon(tag);
     }
 
-    /// Sends the waiting acks after [`ACK_DELAY`], or at once when the
-    /// broker closes.
+    /// Starts a task that sends the waiting acks after [`ACK_DELAY`], or at
+    /// once when the broker closes.
     fn start_delay(self: &Arc<Self>) {
         let batch = Arc::clone(self);
         self.delayed.tasks.spawn(async move {
@@ -160,8 +160,8 @@ impl AckBatch {
                 state.start_flush()
             };
             if claimed && let Err(error) = batch.flush().await {
-                warn!(%error, "cannot send waiting acknowledgements; \
-                    the broker redelivers those messages");
+                warn!(channel = batch.channel.id(), %error,
+                    "cannot send waiting acknowledgements; the broker redelivers those messages");
             }
         });
     }

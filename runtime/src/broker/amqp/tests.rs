@@ -431,17 +431,22 @@ fn unacknowledged(vhost: &str, queue: &str) -> u32 {
         .unwrap_or_else(|| panic!("no queue `{queue}` in `rabbitmqctl list_queues`: {listing}"))
 }
 
+/// Delivers 10 messages at prefetch 10 and acks the first 3. A frame goes
+/// out once 5 acks wait, so these 3 wait for their delay.
+async fn deliver_and_ack_three(broker: &AmqpBroker, work: &str) -> (Deliveries, Vec<Delivery>) {
+    let (deliveries, mut received) = deliver_all(broker, work, 10).await;
+    for delivery in received.drain(..3) {
+        delivery.ack().await.expect("ack");
+    }
+    (deliveries, received)
+}
+
 #[tokio::test]
 async fn waiting_acks_reach_a_consumer_at_rest() {
     let vhost = VhostLease::acquire();
     let broker = connect(&vhost.url()).await;
     let work = unique("acks-at-rest");
-    // Prefetch 10 sends a frame once 5 acks wait; 3 acks only go out when
-    // their delay ends.
-    let (_deliveries, mut received) = deliver_all(&broker, &work, 10).await;
-    for delivery in received.drain(..3) {
-        delivery.ack().await.expect("ack");
-    }
+    let (_deliveries, received) = deliver_and_ack_three(&broker, &work).await;
     let deadline = Instant::now() + RECEIVE_TIMEOUT;
     loop {
         let count = unacknowledged(&vhost.name, &work);
@@ -464,10 +469,7 @@ async fn waiting_acks_sent_before_close() {
     let vhost = VhostLease::acquire();
     let broker = connect(&vhost.url()).await;
     let work = unique("acks-close");
-    let (deliveries, mut received) = deliver_all(&broker, &work, 10).await;
-    for delivery in received.drain(..3) {
-        delivery.ack().await.expect("ack");
-    }
+    let (deliveries, received) = deliver_and_ack_three(&broker, &work).await;
     // Closed well within the ack delay: the 3 acks must still go out first,
     // and only the 7 unsettled messages return to the queue.
     broker.close().await;
