@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::embedded::EmbeddedBroker;
 use crate::broker::{Broker, Deferred};
 use crate::dispatch::{
-    self, Consumer, Destination, Input, Publisher, QueueInput, RetryPolicy, Route, Services,
-    TopicInput,
+    self, Consumer, ConsumerMetrics, Destination, Input, Publisher, QueueInput, RetryPolicy, Route,
+    Services, TopicInput,
 };
 use crate::event::WireFormat;
 use crate::handler::{CallContext, Grants, HandlerHost, Limits};
@@ -843,6 +843,7 @@ pub(crate) fn consumers(
             },
             source: format!("/{}/{name}", manifest.name),
             handler_path: manifest.handler_path(name),
+            metrics: ConsumerMetrics::new(name),
         });
     }
     Ok(consumers)

@@ -218,6 +218,29 @@ pub struct Consumer {
     pub context: CallContext,
     pub source: String,
     pub handler_path: Option<std::path::PathBuf>,
+    pub metrics: ConsumerMetrics,
+}
+
+/// The metrics a consumer updates for every event, looked up once: a lookup
+/// by name and labels costs more than the update itself.
+#[derive(Clone)]
+pub struct ConsumerMetrics {
+    pub handled_ok: metrics::Counter,
+    pub handler_duration: metrics::Histogram,
+    pub in_flight: metrics::Gauge,
+}
+
+impl ConsumerMetrics {
+    /// Registers the metrics of consumer `name` with the installed recorder;
+    /// without one, the updates go nowhere.
+    pub fn new(name: &str) -> Self {
+        let name = name.to_owned();
+        ConsumerMetrics {
+            handled_ok: metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name.clone(), "outcome" => "ok"),
+            handler_duration: metrics::histogram!(telemetry::HANDLER_DURATION, "consumer" => name.clone()),
+            in_flight: metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => name),
+        }
+    }
 }
 
 /// Shared services of all consumers.
@@ -374,7 +397,9 @@ pub(crate) async fn evaluate(
         .host
         .call(handler, &consumer.context, &event, attempt)
         .await;
-    metrics::histogram!(telemetry::HANDLER_DURATION, "consumer" => consumer.name.to_string())
+    consumer
+        .metrics
+        .handler_duration
         .record(started.elapsed().as_secs_f64());
 
     let emitted = match result {

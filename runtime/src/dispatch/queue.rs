@@ -1,6 +1,6 @@
-//! Queue consumers: up to `concurrency` deliveries handled at once, retries
-//! through the queue's retry queue, dead letters published to the queue's
-//! dead-letter exchange.
+//! Queue consumers: `concurrency` lanes that each handle one delivery at a
+//! time, retries through the queue's retry queue, dead letters published to
+//! the queue's dead-letter exchange.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{Semaphore, watch};
+use futures::stream::Fuse;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -18,7 +19,7 @@ use super::{
     ATTEMPT_HEADER, CONSUMER_HEADER, Consumer, Disposition, QueueInput, REASON_HEADER,
     ROUTING_KEY_HEADER, Services, backoff, decide, wait_for_handler,
 };
-use crate::broker::{BrokerError, Delivery, HeaderValue, Message};
+use crate::broker::{Acker, BrokerError, Delivery, HeaderValue, Message};
 use crate::handler::LoadedHandler;
 use crate::telemetry;
 
@@ -161,6 +162,10 @@ const UNACKNOWLEDGED_CAPACITY: usize = 10_000;
 #[derive(Default)]
 struct Unacknowledged {
     calls: Mutex<Calls>,
+    /// Number of messages in `calls`, read without the lock: while it is
+    /// zero, as it is unless the broker closed a channel, no message key is
+    /// built.
+    tracked: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -170,15 +175,20 @@ struct Calls {
 }
 
 impl Unacknowledged {
-    fn get(&self, key: &str) -> u32 {
+    fn get(&self, message: &Message) -> u32 {
+        if self.tracked.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let key = message_key(message);
         let calls = self.calls.lock().expect("lock is never poisoned");
-        calls.by_message.get(key).copied().unwrap_or(0)
+        calls.by_message.get(&key).copied().unwrap_or(0)
     }
 
     /// Counts one more call whose acknowledgement failed.
-    fn add(&self, key: &str) {
+    fn add(&self, message: &Message) {
+        let key = message_key(message);
         let mut calls = self.calls.lock().expect("lock is never poisoned");
-        if let Some(count) = calls.by_message.get_mut(key) {
+        if let Some(count) = calls.by_message.get_mut(&key) {
             *count += 1;
             return;
         }
@@ -187,14 +197,22 @@ impl Unacknowledged {
         {
             calls.by_message.remove(&oldest);
         }
-        calls.by_message.insert(key.to_owned(), 1);
-        calls.oldest_first.push_back(key.to_owned());
+        calls.by_message.insert(key.clone(), 1);
+        calls.oldest_first.push_back(key);
+        self.tracked
+            .store(calls.by_message.len(), Ordering::Relaxed);
     }
 
-    fn remove(&self, key: &str) {
+    fn remove(&self, message: &Message) {
+        if self.tracked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let key = message_key(message);
         let mut calls = self.calls.lock().expect("lock is never poisoned");
-        if calls.by_message.remove(key).is_some() {
-            calls.oldest_first.retain(|entry| entry != key);
+        if calls.by_message.remove(&key).is_some() {
+            calls.oldest_first.retain(|entry| *entry != key);
+            self.tracked
+                .store(calls.by_message.len(), Ordering::Relaxed);
         }
     }
 }
@@ -213,41 +231,113 @@ fn message_key(message: &Message) -> String {
     }
 }
 
-/// Handles deliveries with at most `concurrency` at once, until the stream
-/// ends or shutdown; always waits for the calls already started.
+/// What the lanes of one subscription share.
+struct Lanes {
+    consumer: Consumer,
+    queue: QueueInput,
+    services: Services,
+    handler: watch::Receiver<Option<LoadedHandler>>,
+    unacknowledged: Arc<Unacknowledged>,
+    unsettled: UnsettledDeliveries,
+    /// The subscription's deliveries; a lane holds the lock only while it
+    /// waits for the next one.
+    deliveries: tokio::sync::Mutex<Fuse<crate::broker::Deliveries>>,
+    /// Cancelled when the stream ends or the handler goes away, so that the
+    /// other lanes stop taking deliveries.
+    ended: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+/// Handles deliveries in `concurrency` lanes, until the stream ends or
+/// shutdown; always waits for the calls already started.
+///
+/// Each lane is one task that takes a delivery and handles it to its
+/// settlement before it takes the next, so a busy consumer spawns no task
+/// per message and its lanes rarely wait for one another.
 async fn consume(
     consumer: &Consumer,
     queue: &QueueInput,
-    mut deliveries: crate::broker::Deliveries,
+    deliveries: crate::broker::Deliveries,
     handler: &watch::Receiver<Option<LoadedHandler>>,
     services: &Services,
     unacknowledged: &Arc<Unacknowledged>,
     shutdown: &CancellationToken,
 ) -> StreamEnd {
-    let permits = Arc::new(Semaphore::new(consumer.concurrency.max(1) as usize));
-    let unsettled = Arc::new(UnsettledDeliveries::new(consumer));
+    let lanes = Arc::new(Lanes {
+        consumer: consumer.clone(),
+        queue: queue.clone(),
+        services: services.clone(),
+        handler: handler.clone(),
+        unacknowledged: unacknowledged.clone(),
+        unsettled: UnsettledDeliveries::new(consumer),
+        deliveries: tokio::sync::Mutex::new(deliveries.fuse()),
+        ended: CancellationToken::new(),
+        shutdown: shutdown.clone(),
+    });
     let mut running = JoinSet::new();
-    let end = loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break StreamEnd::Shutdown,
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break StreamEnd::Shutdown,
-            next = deliveries.next() => next,
+    for _ in 0..consumer.concurrency.max(1) {
+        running.spawn(lane(lanes.clone()));
+    }
+    let mut end = StreamEnd::Shutdown;
+    while let Some(result) = running.join_next().await {
+        match result {
+            Ok(StreamEnd::Shutdown) => {}
+            Ok(StreamEnd::Ended) => end = StreamEnd::Ended,
+            Err(err) => {
+                // The delivery of the failed lane is redelivered once the
+                // subscription closes; subscribe again rather than go on
+                // with a lane fewer.
+                tracing::error!(consumer = %consumer.name, error = %err, "consumer lane failed");
+                lanes.ended.cancel();
+                end = StreamEnd::Ended;
+            }
+        }
+    }
+    end
+}
+
+/// One lane of a consumer: takes a delivery, handles it, and repeats.
+async fn lane(lanes: Arc<Lanes>) -> StreamEnd {
+    let Lanes {
+        consumer,
+        queue,
+        shutdown,
+        ended,
+        ..
+    } = &*lanes;
+    loop {
+        let next = {
+            // Biased: after shutdown no lane takes another delivery.
+            let mut deliveries = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+                _ = ended.cancelled() => return StreamEnd::Ended,
+                deliveries = lanes.deliveries.lock() => deliveries,
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+                _ = ended.cancelled() => return StreamEnd::Ended,
+                next = deliveries.next() => next,
+            }
         };
         let delivery = match next {
             Some(Ok(delivery)) => delivery,
             Some(Err(err)) => {
                 tracing::warn!(consumer = %consumer.name, error = %err, "delivery failed");
-                break StreamEnd::Ended;
+                ended.cancel();
+                return StreamEnd::Ended;
             }
-            None => break StreamEnd::Ended,
+            None => {
+                ended.cancel();
+                return StreamEnd::Ended;
+            }
         };
-        let Some(loaded) = handler.borrow().clone() else {
+        let Some(loaded) = lanes.handler.borrow().clone() else {
             // The handler went away: put the message back and wait for it.
             let _ = delivery.reject(true).await;
-            break StreamEnd::Ended;
+            ended.cancel();
+            return StreamEnd::Ended;
         };
         let span = tracing::info_span!(
             "event",
@@ -257,35 +347,21 @@ async fn consume(
             event_type = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        let consumer = consumer.clone();
-        let queue = queue.clone();
-        let services = services.clone();
-        let unsettled = unsettled.clone();
-        let unacknowledged = unacknowledged.clone();
-        unsettled.add(1);
-        let handling = async move {
-            metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
-                .increment(1.0);
-            process(
-                &consumer,
-                &queue,
-                &services,
-                &loaded,
-                &unacknowledged,
-                delivery,
-            )
-            .await;
-            metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
-                .decrement(1.0);
-            unsettled.sub(1);
-            drop(permit);
-        };
-        running.spawn(handling.instrument(span));
-        while running.try_join_next().is_some() {}
-    };
-    while running.join_next().await.is_some() {}
-    drop(deliveries);
-    end
+        lanes.unsettled.add(1);
+        consumer.metrics.in_flight.increment(1.0);
+        process(
+            consumer,
+            queue,
+            &lanes.services,
+            &loaded,
+            &lanes.unacknowledged,
+            delivery,
+        )
+        .instrument(span)
+        .await;
+        consumer.metrics.in_flight.decrement(1.0);
+        lanes.unsettled.sub(1);
+    }
 }
 
 /// Handles one delivery from decode to acknowledgement.
@@ -295,20 +371,21 @@ async fn process(
     services: &Services,
     handler: &LoadedHandler,
     unacknowledged: &Unacknowledged,
-    mut delivery: Delivery,
+    delivery: Delivery,
 ) {
-    let counted = delivery
-        .message
+    let Delivery {
+        mut message, acker, ..
+    } = delivery;
+    let counted = message
         .headers
         .get(ATTEMPT_HEADER)
         .and_then(HeaderValue::as_int)
         .unwrap_or(0);
     let counted = u32::try_from(counted.max(0)).unwrap_or(u32::MAX);
-    if let Some(key) = delivery.message.headers.get(ROUTING_KEY_HEADER) {
-        delivery.message.routing_key = key.to_text();
+    if let Some(key) = message.headers.get(ROUTING_KEY_HEADER) {
+        message.routing_key = key.to_text();
     }
-    let key = message_key(&delivery.message);
-    let unfinished = unacknowledged.get(&key);
+    let unfinished = unacknowledged.get(&message);
     if unfinished >= consumer.retry.max_attempts {
         let reason = format!(
             "handled {unfinished} times without the broker taking the acknowledgement; \
@@ -320,14 +397,14 @@ async fn process(
             label: "unacknowledged",
             attempt: unfinished,
         };
-        if settle(consumer, queue, delivery, disposition).await {
-            unacknowledged.remove(&key);
+        if settle(consumer, queue, &message, acker, disposition).await {
+            unacknowledged.remove(&message);
         }
         return;
     }
     let previous = counted.max(unfinished);
 
-    let disposition = match decide(consumer, services, handler, &delivery.message, previous).await {
+    let disposition = match decide(consumer, services, handler, &message, previous).await {
         Ok(disposition) => disposition,
         Err(err) => {
             // The handler succeeded but its events could not be published:
@@ -349,10 +426,10 @@ async fn process(
         }
         other => other,
     };
-    if settle(consumer, queue, delivery, disposition).await {
-        unacknowledged.remove(&key);
+    if settle(consumer, queue, &message, acker, disposition).await {
+        unacknowledged.remove(&message);
     } else {
-        unacknowledged.add(&key);
+        unacknowledged.add(&message);
     }
 }
 
@@ -364,18 +441,18 @@ async fn process(
 async fn settle(
     consumer: &Consumer,
     queue: &QueueInput,
-    delivery: Delivery,
+    message: &Message,
+    acker: Box<dyn Acker>,
     disposition: Disposition,
 ) -> bool {
     let name = consumer.name.to_string();
     let result = match disposition {
         Disposition::Ack => {
-            metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name, "outcome" => "ok")
-                .increment(1);
-            delivery.ack().await
+            consumer.metrics.handled_ok.increment(1);
+            acker.ack().await
         }
         Disposition::Retry { attempt } => {
-            let mut copy = delivery.message.clone();
+            let mut copy = message.clone();
             copy.headers
                 .insert(ATTEMPT_HEADER.into(), HeaderValue::Int(attempt.into()));
             copy.headers
@@ -386,13 +463,13 @@ async fn settle(
                 Ok(()) => {
                     metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name, "outcome" => "retry")
                         .increment(1);
-                    delivery.ack().await
+                    acker.ack().await
                 }
                 Err(err) => {
                     tracing::warn!(error = %err,
                         "cannot schedule retry; returning the message to its queue");
                     tokio::time::sleep(consumer.retry.backoff).await;
-                    delivery.reject(true).await
+                    acker.reject(true).await
                 }
             }
         }
@@ -400,7 +477,7 @@ async fn settle(
             reason,
             label,
             attempt,
-        } => dead_letter(consumer, queue, delivery, reason, label, attempt).await,
+        } => dead_letter(consumer, queue, message, acker, reason, label, attempt).await,
     };
     match result {
         Ok(()) => true,
@@ -416,13 +493,14 @@ async fn settle(
 async fn dead_letter(
     consumer: &Consumer,
     queue: &QueueInput,
-    delivery: Delivery,
+    message: &Message,
+    acker: Box<dyn Acker>,
     reason: String,
     label: &'static str,
     attempt: u32,
 ) -> Result<(), BrokerError> {
     tracing::warn!(%reason, attempt, "dead-lettering message");
-    let mut copy: Message = delivery.message.clone();
+    let mut copy: Message = message.clone();
     copy.headers.insert(REASON_HEADER.into(), reason.into());
     copy.headers
         .insert(CONSUMER_HEADER.into(), consumer.name.to_string().into());
@@ -444,14 +522,14 @@ async fn dead_letter(
                 .increment(1);
             metrics::counter!(telemetry::EVENTS_DEAD_LETTERED, "consumer" => name, "reason" => label)
                 .increment(1);
-            delivery.ack().await
+            acker.ack().await
         }
         Err(err) => {
             // The queue's own dead-letter exchange still keeps the message,
             // without switchyard's reason headers.
             tracing::warn!(error = %err,
                 "cannot publish dead letter; rejecting to the queue's dead-letter exchange");
-            delivery.reject(false).await
+            acker.reject(false).await
         }
     }
 }
@@ -460,27 +538,41 @@ async fn dead_letter(
 mod tests {
     use super::*;
 
+    fn with_id(id: &str) -> Message {
+        Message {
+            message_id: Some(id.into()),
+            ..Message::default()
+        }
+    }
+
     #[test]
     fn unacknowledged_counts_until_removed() {
         let calls = Unacknowledged::default();
-        assert_eq!(calls.get("id:a"), 0);
-        calls.add("id:a");
-        calls.add("id:a");
-        calls.add("id:b");
-        assert_eq!((calls.get("id:a"), calls.get("id:b")), (2, 1));
-        calls.remove("id:a");
-        assert_eq!((calls.get("id:a"), calls.get("id:b")), (0, 1));
+        let (a, b) = (with_id("a"), with_id("b"));
+        assert_eq!(calls.get(&a), 0);
+        calls.add(&a);
+        calls.add(&a);
+        calls.add(&b);
+        assert_eq!((calls.get(&a), calls.get(&b)), (2, 1));
+        calls.remove(&a);
+        assert_eq!((calls.get(&a), calls.get(&b)), (0, 1));
+        calls.remove(&b);
+        assert_eq!(calls.tracked.load(Ordering::Relaxed), 0);
     }
 
     #[test]
     fn unacknowledged_forgets_the_oldest_when_full() {
         let calls = Unacknowledged::default();
         for n in 0..=UNACKNOWLEDGED_CAPACITY {
-            calls.add(&format!("id:{n}"));
+            calls.add(&with_id(&n.to_string()));
         }
-        assert_eq!(calls.get("id:0"), 0, "the oldest entry is forgotten");
-        assert_eq!(calls.get("id:1"), 1);
-        assert_eq!(calls.get(&format!("id:{UNACKNOWLEDGED_CAPACITY}")), 1);
+        assert_eq!(calls.get(&with_id("0")), 0, "the oldest entry is forgotten");
+        assert_eq!(calls.get(&with_id("1")), 1);
+        assert_eq!(calls.get(&with_id(&UNACKNOWLEDGED_CAPACITY.to_string())), 1);
+        assert_eq!(
+            calls.tracked.load(Ordering::Relaxed),
+            UNACKNOWLEDGED_CAPACITY
+        );
     }
 
     #[test]

@@ -167,8 +167,7 @@ async fn read(
             return ReadEnd::HandlerGone;
         }
 
-        metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
-            .increment(1.0);
+        consumer.metrics.in_flight.increment(1.0);
         let span = tracing::info_span!(
             "event",
             consumer = %consumer.name,
@@ -182,8 +181,7 @@ async fn read(
         let settled = handle(consumer, input, &record, handler, services, shutdown)
             .instrument(span)
             .await;
-        metrics::gauge!(telemetry::EVENTS_IN_FLIGHT, "consumer" => consumer.name.to_string())
-            .decrement(1.0);
+        consumer.metrics.in_flight.decrement(1.0);
         if !settled {
             return ReadEnd::Shutdown;
         }
@@ -229,8 +227,7 @@ async fn handle(
         };
         match disposition {
             Disposition::Ack => {
-                metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name, "outcome" => "ok")
-                    .increment(1);
+                consumer.metrics.handled_ok.increment(1);
                 return true;
             }
             Disposition::Retry { attempt } if attempt >= consumer.retry.max_attempts => {
@@ -366,6 +363,7 @@ mod tests {
             },
             source: "/test/c".into(),
             handler_path: None,
+            metrics: crate::dispatch::ConsumerMetrics::new("c"),
         }
     }
 
