@@ -49,12 +49,26 @@ async fn shop_flow_embedded() -> anyhow::Result<()> {
 async fn invalid_requests_rejected_embedded() -> anyhow::Result<()> {
     let _serial = serial().await;
     let dir = tempfile::tempdir()?;
-    let process = start_shop(&dir).await?;
+    // One worker thread runs the whole system, as `--workers 1` asks.
+    let env = [("SWITCHYARD_WORKERS", "1")];
+    for handler in ["email", "inventory", "analytics"] {
+        component(&format!("handlers/{handler}.wasm"))?;
+    }
+    let process =
+        Switchyard::start_with_env(dir.path(), &[shop_manifest()], BrokerMode::Embedded, &env)
+            .await?;
 
     shop::check_invalid_requests(&process).await?;
     let handled = process.metrics().await?.count(HANDLED, &[]);
     assert_eq!(handled, 0, "handler outcomes after invalid requests only");
-    process.stop_cleanly().await?;
+    let stopped = process.stop_cleanly().await?;
+    let lines = stopped.log_lines();
+    let workers: Vec<Option<&serde_json::Value>> = lines
+        .iter()
+        .filter(|line| line.field("message") == Some("async runtime started"))
+        .map(|line| line.fields.get("workers"))
+        .collect();
+    assert_eq!(workers, [Some(&serde_json::json!(1))], "{}", stopped.stderr);
     Ok(())
 }
 

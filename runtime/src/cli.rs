@@ -1,6 +1,7 @@
 //! The command line: argument parsing and the commands that are not the
 //! long-running `up`.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -95,6 +96,11 @@ struct UpArgs {
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Threads that run handlers, consumers and HTTP requests [default: one
+    /// per processor core]. On a small machine that also runs the broker,
+    /// fewer threads than cores can be faster: see the README.
+    #[arg(long, env = "SWITCHYARD_WORKERS", value_name = "N")]
+    workers: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Args)]
@@ -168,7 +174,16 @@ pub fn main() -> ExitCode {
 
 fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging(args.log_format);
-    let runtime = tokio::runtime::Runtime::new()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = args.workers {
+        builder.worker_threads(workers.get());
+    }
+    let runtime = builder.build()?;
+    tracing::info!(
+        workers = runtime.metrics().num_workers(),
+        "async runtime started"
+    );
     let result = runtime.block_on(system::up(UpOptions {
         manifests: args.manifests,
         embedded: args.embedded,
@@ -478,6 +493,22 @@ mod tests {
             "{} is out of date; run `cargo run -p switchyard -- schema > schemas/manifest.schema.json`",
             path.display()
         );
+    }
+
+    #[test]
+    fn workers_must_be_a_positive_count() {
+        let up = |workers: &str| {
+            Cli::try_parse_from(["switchyard", "up", "m.toml", "--workers", workers])
+        };
+        let Ok(Cli {
+            command: Command::Up(args),
+        }) = up("1")
+        else {
+            panic!("`--workers 1` is accepted");
+        };
+        assert_eq!(args.workers.map(NonZeroUsize::get), Some(1));
+        let error = up("0").expect_err("`--workers 0` is refused").to_string();
+        assert!(error.contains("--workers"), "{error}");
     }
 
     #[test]
