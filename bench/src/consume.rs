@@ -1,6 +1,7 @@
 //! AMQP consume pipeline: a pre-loaded queue drained by switchyard (decode,
-//! validate, no-op wasm handler, ack), by the Node.js consumer loop, and by
-//! raw lapin with per-message and with batched acks, alternating.
+//! validate, no-op wasm handler, ack) with its default worker threads and
+//! with one, by the Node.js consumer loop, and by raw lapin with per-message
+//! and with batched acks, alternating.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Default)]
 struct Samples {
     switchyard: Vec<f64>,
+    /// Switchyard with `--workers 1`.
+    switchyard_one_worker: Vec<f64>,
     node: Vec<f64>,
     lapin_per_message: Vec<f64>,
     lapin_batched: Vec<f64>,
@@ -54,9 +57,13 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
     let mut samples = Samples::default();
     for run in 1..=suite.runs {
         preload(suite, PIPELINE_QUEUE, &body).await?;
-        let (rate, peak) = drain_switchyard(suite).await?;
+        let (rate, peak) = drain_switchyard(suite, &[]).await?;
         samples.switchyard.push(rate);
         samples.switchyard_peak_mib.push(peak);
+
+        preload(suite, PIPELINE_QUEUE, &body).await?;
+        let (rate, _) = drain_switchyard(suite, &["--workers", "1"]).await?;
+        samples.switchyard_one_worker.push(rate);
 
         preload(suite, BASELINE_QUEUE, &body).await?;
         let (rate, peak) = drain_node(suite).await?;
@@ -72,9 +79,10 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
         samples.lapin_batched.push(rate);
 
         println!(
-            "  consume run {run}: switchyard {:.0}/s, node {:.0}/s, lapin per-message ack {:.0}/s, \
-             lapin multiple ack {:.0}/s",
+            "  consume run {run}: switchyard {:.0}/s, with one worker {:.0}/s, node {:.0}/s, \
+             lapin per-message ack {:.0}/s, lapin multiple ack {:.0}/s",
             samples.switchyard[run - 1],
+            samples.switchyard_one_worker[run - 1],
             samples.node[run - 1],
             samples.lapin_per_message[run - 1],
             samples.lapin_batched[run - 1],
@@ -95,6 +103,13 @@ fn figures(samples: &Samples) -> Vec<Figure> {
         Figure::versus(
             "amqp_pipeline_vs_raw_lapin",
             &samples.switchyard,
+            "msg/s",
+            "raw_lapin_multiple_ack_50",
+            &samples.lapin_batched,
+        ),
+        Figure::versus(
+            "amqp_pipeline_one_worker_vs_raw_lapin",
+            &samples.switchyard_one_worker,
             "msg/s",
             "raw_lapin_multiple_ack_50",
             &samples.lapin_batched,
@@ -121,11 +136,11 @@ async fn preload(suite: &Suite, queue: &str, body: &[u8]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Starts switchyard on the pre-loaded pipeline queue and returns the rate
-/// of `handled_rate` and the peak resident memory.
-async fn drain_switchyard(suite: &Suite) -> anyhow::Result<(f64, f64)> {
+/// Starts switchyard with the `extra` arguments on the pre-loaded pipeline
+/// queue and returns the rate of `handled_rate` and the peak resident memory.
+async fn drain_switchyard(suite: &Suite, extra: &[&str]) -> anyhow::Result<(f64, f64)> {
     let (mut process, base) =
-        suite.start_switchyard("consume", "bench/manifests/pipeline.toml", &[])?;
+        suite.start_switchyard("consume", "bench/manifests/pipeline.toml", extra)?;
     let peak = ResidentPeak::start(process.pid());
     let rate = handled_rate(suite, &mut process, &base, PIPELINE_QUEUE, suite.messages).await?;
     let peak = peak.finish();
