@@ -22,6 +22,8 @@ const MESSAGE_BYTES: usize = 1024;
 const ACK_BATCH: u32 = 50;
 /// Queue of the switchyard consumer, declared by `bench/manifests/pipeline.toml`.
 const PIPELINE_QUEUE: &str = "pipeline";
+/// Retry queue that switchyard declares beside the pipeline queue.
+const PIPELINE_RETRY_QUEUE: &str = "pipeline.retry";
 /// Queue the baselines drain, declared by the suite.
 const BASELINE_QUEUE: &str = "baseline-consume";
 /// Maximum wait for one drain.
@@ -87,6 +89,12 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
             samples.lapin_per_message[run - 1],
             samples.lapin_batched[run - 1],
         );
+    }
+    // The pipeline queue is bound to `events` with `order.placed`, which the
+    // HTTP scenario publishes to: left in place, it would take a copy of
+    // every publish there and grow from run to run.
+    for queue in [PIPELINE_QUEUE, PIPELINE_RETRY_QUEUE, BASELINE_QUEUE] {
+        rabbit::delete_queue(&suite.connection, queue).await?;
     }
     Ok(figures(&samples))
 }

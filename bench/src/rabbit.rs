@@ -9,7 +9,7 @@ use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -126,6 +126,18 @@ pub async fn purge(connection: &Connection, queue: &str) -> anyhow::Result<u32> 
         .await?;
     channel.close(200, "OK".into()).await?;
     Ok(count)
+}
+
+/// Deletes `queue` with its messages and bindings; a missing queue is no
+/// error.
+pub async fn delete_queue(connection: &Connection, queue: &str) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    channel
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .with_context(|| format!("cannot delete queue `{queue}`"))?;
+    channel.close(200, "OK".into()).await?;
+    Ok(())
 }
 
 /// Publishes `count` persistent copies of `body` with publisher confirms,
