@@ -237,7 +237,8 @@ async fn prefetch_utilization_counts_held_deliveries() -> anyhow::Result<()> {
     component("tests/guests/chaos.wasm")?;
     let dir = tempfile::tempdir()?;
     // Two calls at once out of a prefetch window of four; each call spins
-    // until its deadline, which gives the test seconds to scrape.
+    // until its deadline, which gives the test seconds to scrape. A third
+    // event waits for a free call.
     let spinner = ChaosConsumer::new("spinner", "order.placed", "spin")
         .timeout("4s")
         .concurrency(2)
@@ -255,12 +256,12 @@ async fn prefetch_utilization_counts_held_deliveries() -> anyhow::Result<()> {
         "utilization before any event"
     );
 
-    for _ in 0..2 {
+    for _ in 0..3 {
         process.publish("/orders", &shop::order_body()).await?;
     }
     let busy = process
         .wait_for_metrics(
-            "both events in flight",
+            "two events in flight",
             PREFETCH_UTILIZATION,
             TIMEOUT,
             |metrics| metrics.value(IN_FLIGHT, &consumer) == 2.0,
@@ -269,15 +270,15 @@ async fn prefetch_utilization_counts_held_deliveries() -> anyhow::Result<()> {
     assert_eq!(
         busy.value(PREFETCH_UTILIZATION, &consumer),
         0.5,
-        "two of four deliveries held"
+        "two of four deliveries held while the third waits"
     );
 
     let labels = [("consumer", "spinner"), ("outcome", "dead_lettered")];
-    let done = process.wait_for_count(HANDLED, &labels, 2, TIMEOUT).await?;
+    let done = process.wait_for_count(HANDLED, &labels, 3, TIMEOUT).await?;
     assert_eq!(
         done.value(PREFETCH_UTILIZATION, &consumer),
         0.0,
-        "utilization once both were dead-lettered:\n{}",
+        "utilization once all three were dead-lettered:\n{}",
         done.describe(DEAD_LETTERED)
     );
     process.stop_cleanly().await?;

@@ -284,9 +284,9 @@ async fn consume(
             Ok(StreamEnd::Shutdown) => {}
             Ok(StreamEnd::Ended) => end = StreamEnd::Ended,
             Err(err) => {
-                // The delivery of the failed lane is redelivered once the
-                // subscription closes; subscribe again rather than go on
-                // with a lane fewer.
+                // The lane that panicked left its delivery unacknowledged.
+                // Subscribing again is better than going on with a lane
+                // fewer.
                 tracing::error!(consumer = %consumer.name, error = %err, "consumer lane failed");
                 lanes.ended.cancel();
                 end = StreamEnd::Ended;
