@@ -21,6 +21,7 @@ pub mod shop;
 mod tls;
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 pub use binary::{PlanOutput, run_plan, switchyard_binary};
 pub use kafka::{KafkaRecord, OutgoingRecord, Tansu, free_port};
@@ -33,10 +34,22 @@ pub use rabbitmq::{RabbitMq, ReceivedMessage, ScopedVhost, rabbitmq, rabbitmqctl
 pub use tls::{IssuedCertificate, Stunnel, TestCa};
 
 /// Returns the repository root (the workspace folder).
+///
+/// `cargo test` sets `CARGO_MANIFEST_DIR` for the test process to the
+/// checkout the tests run in. The value compiled in names the checkout this
+/// library was built in, which differs when two checkouts share a target
+/// folder, because cargo does not rebuild an unchanged library for a new
+/// path. It is only the fallback for a test binary run without cargo.
 pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests package sits in a folder of the repository")
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let package = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+        package
+            .parent()
+            .expect("the tests package sits in a folder of the repository")
+            .to_path_buf()
+    })
 }
 
 /// Returns the path of the shop manifest, `manifests/shop.toml`.
