@@ -49,7 +49,7 @@ async fn shop_flow_embedded() -> anyhow::Result<()> {
 async fn invalid_requests_rejected_embedded() -> anyhow::Result<()> {
     let _serial = serial().await;
     let dir = tempfile::tempdir()?;
-    // One worker thread runs the whole system, as `--workers 1` asks.
+    // `SWITCHYARD_WORKERS=1` runs the whole system on one worker thread.
     let env = [("SWITCHYARD_WORKERS", "1")];
     for handler in ["email", "inventory", "analytics"] {
         component(&format!("handlers/{handler}.wasm"))?;

@@ -91,7 +91,7 @@ pub async fn run(suite: &Suite) -> anyhow::Result<Vec<Figure>> {
         );
     }
     // The pipeline queue is bound to `events` with `order.placed`, which the
-    // HTTP scenario publishes to: left in place, it would take a copy of
+    // HTTP scenario publishes to. Left in place, it would take a copy of
     // every publish there and grow from run to run.
     for queue in [PIPELINE_QUEUE, PIPELINE_RETRY_QUEUE, BASELINE_QUEUE] {
         rabbit::delete_queue(&suite.connection, queue).await?;

@@ -128,8 +128,7 @@ pub async fn purge(connection: &Connection, queue: &str) -> anyhow::Result<u32> 
     Ok(count)
 }
 
-/// Deletes `queue` with its messages and bindings; a missing queue is no
-/// error.
+/// Deletes `queue` with its messages and bindings.
 pub async fn delete_queue(connection: &Connection, queue: &str) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     channel

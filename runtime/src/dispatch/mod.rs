@@ -221,8 +221,8 @@ pub struct Consumer {
     pub metrics: ConsumerMetrics,
 }
 
-/// The metrics a consumer updates for every event, looked up once: a lookup
-/// by name and labels costs more than the update itself.
+/// Handles of the metrics a consumer updates for every event. They are
+/// looked up once, so no event builds labels or searches the registry.
 #[derive(Clone)]
 pub struct ConsumerMetrics {
     pub handled_ok: metrics::Counter,
@@ -231,8 +231,8 @@ pub struct ConsumerMetrics {
 }
 
 impl ConsumerMetrics {
-    /// Registers the metrics of consumer `name` with the installed recorder;
-    /// without one, the updates go nowhere.
+    /// Registers the metrics of consumer `name` with the installed recorder.
+    /// Without one, the updates go nowhere.
     pub fn new(name: &str) -> Self {
         let name = name.to_owned();
         ConsumerMetrics {

@@ -162,7 +162,7 @@ const UNACKNOWLEDGED_CAPACITY: usize = 10_000;
 #[derive(Default)]
 struct Unacknowledged {
     calls: Mutex<Calls>,
-    /// Number of messages in `calls`, read without the lock: while it is
+    /// Number of messages in `calls`, read without the lock. While it is
     /// zero, as it is unless the broker closed a channel, no message key is
     /// built.
     tracked: AtomicUsize,
@@ -231,7 +231,7 @@ fn message_key(message: &Message) -> String {
     }
 }
 
-/// What the lanes of one subscription share.
+/// The state that the lanes of one subscription share.
 struct Lanes {
     consumer: Consumer,
     queue: QueueInput,
@@ -239,7 +239,7 @@ struct Lanes {
     handler: watch::Receiver<Option<LoadedHandler>>,
     unacknowledged: Arc<Unacknowledged>,
     unsettled: UnsettledDeliveries,
-    /// The subscription's deliveries; a lane holds the lock only while it
+    /// The subscription's deliveries. A lane holds the lock only while it
     /// waits for the next one.
     deliveries: tokio::sync::Mutex<Fuse<crate::broker::Deliveries>>,
     /// Cancelled when the stream ends or the handler goes away, so that the
@@ -248,8 +248,8 @@ struct Lanes {
     shutdown: CancellationToken,
 }
 
-/// Handles deliveries in `concurrency` lanes, until the stream ends or
-/// shutdown; always waits for the calls already started.
+/// Handles deliveries in `concurrency` lanes until the stream ends or
+/// shutdown, and always waits for the calls already started.
 ///
 /// Each lane is one task that takes a delivery and handles it to its
 /// settlement before it takes the next, so a busy consumer spawns no task
@@ -296,7 +296,8 @@ async fn consume(
     end
 }
 
-/// One lane of a consumer: takes a delivery, handles it, and repeats.
+/// Runs one lane of a consumer, which takes a delivery, handles it, and
+/// repeats until the stream ends or shutdown.
 async fn lane(lanes: Arc<Lanes>) -> StreamEnd {
     let Lanes {
         consumer,
@@ -445,7 +446,6 @@ async fn settle(
     acker: Box<dyn Acker>,
     disposition: Disposition,
 ) -> bool {
-    let name = consumer.name.to_string();
     let result = match disposition {
         Disposition::Ack => {
             consumer.metrics.handled_ok.increment(1);
@@ -461,7 +461,7 @@ async fn settle(
             copy.expiration = Some(consumer.retry.delay(attempt));
             match consumer.broker.publish("", copy).await {
                 Ok(()) => {
-                    metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name, "outcome" => "retry")
+                    metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => consumer.name.to_string(), "outcome" => "retry")
                         .increment(1);
                     acker.ack().await
                 }

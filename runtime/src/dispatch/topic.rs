@@ -204,7 +204,6 @@ async fn handle(
     services: &Services,
     shutdown: &CancellationToken,
 ) -> bool {
-    let name = consumer.name.to_string();
     let mut previous = 0u32;
     loop {
         // A reload between attempts takes effect for the next attempt.
@@ -244,7 +243,7 @@ async fn handle(
                 .await;
             }
             Disposition::Retry { attempt } => {
-                metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => name.clone(), "outcome" => "retry")
+                metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => consumer.name.to_string(), "outcome" => "retry")
                     .increment(1);
                 let delay = consumer.retry.delay(attempt);
                 tracing::info!(attempt, retry_in = ?delay, "retrying record; its partition waits");
