@@ -158,11 +158,12 @@ fn encode_binary(event: &Event, prefix: &str, routing_key: &str) -> Message {
 
 /// Decodes a delivered message into an event, whatever envelope it uses.
 pub fn decode(message: &Message) -> Result<Event, DecodeError> {
-    for prefix in [AMQP_PREFIX, KAFKA_PREFIX] {
-        if message
-            .headers
-            .contains_key(&format!("{prefix}specversion"))
-        {
+    // Spelled out rather than built from the prefixes for every message.
+    for (prefix, version_header) in [
+        (AMQP_PREFIX, "cloudEvents_specversion"),
+        (KAFKA_PREFIX, "ce_specversion"),
+    ] {
+        if message.headers.contains_key(version_header) {
             return decode_binary(message, prefix);
         }
     }
