@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::Fuse;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -302,24 +302,18 @@ async fn lane(lanes: Arc<Lanes>) -> StreamEnd {
     let Lanes {
         consumer,
         queue,
-        shutdown,
         ended,
         ..
     } = &*lanes;
     loop {
         let next = {
-            // Biased: after shutdown no lane takes another delivery.
-            let mut deliveries = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
-                _ = ended.cancelled() => return StreamEnd::Ended,
-                deliveries = lanes.deliveries.lock() => deliveries,
+            let mut deliveries = match unless_stopped(&lanes, lanes.deliveries.lock()).await {
+                Ok(deliveries) => deliveries,
+                Err(end) => return end,
             };
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
-                _ = ended.cancelled() => return StreamEnd::Ended,
-                next = deliveries.next() => next,
+            match unless_stopped(&lanes, deliveries.next()).await {
+                Ok(next) => next,
+                Err(end) => return end,
             }
         };
         let delivery = match next {
@@ -362,6 +356,29 @@ async fn lane(lanes: Arc<Lanes>) -> StreamEnd {
         .await;
         consumer.metrics.in_flight.decrement(1.0);
         lanes.unsettled.sub(1);
+    }
+}
+
+/// Waits for `future` unless shutdown comes first or another lane ended the
+/// stream. The check comes first, so after shutdown no lane takes another
+/// delivery. A future that is ready at once, as the next delivery of a busy
+/// consumer is, returns without a wait on either token.
+async fn unless_stopped<F: Future>(lanes: &Lanes, future: F) -> Result<F::Output, StreamEnd> {
+    if lanes.shutdown.is_cancelled() {
+        return Err(StreamEnd::Shutdown);
+    }
+    if lanes.ended.is_cancelled() {
+        return Err(StreamEnd::Ended);
+    }
+    let mut future = std::pin::pin!(future);
+    if let Some(output) = future.as_mut().now_or_never() {
+        return Ok(output);
+    }
+    tokio::select! {
+        biased;
+        _ = lanes.shutdown.cancelled() => Err(StreamEnd::Shutdown),
+        _ = lanes.ended.cancelled() => Err(StreamEnd::Ended),
+        output = future => Ok(output),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::protocol::AMQPSoftError;
 use lapin::types::FieldTable;
@@ -112,9 +112,17 @@ async fn next_delivery(
     if state.ended {
         return None;
     }
-    let next = tokio::select! {
-        next = state.consumer.next() => next,
-        _ = state.installs.changed() => return Some(state.end(connection_replaced())),
+    if state.installs.has_changed().unwrap_or(true) {
+        return Some(state.end(connection_replaced()));
+    }
+    // A delivery that is ready is taken without waiting on `installs`, which
+    // would register and remove a waiter for every message.
+    let next = match state.consumer.next().now_or_never() {
+        Some(next) => next,
+        None => tokio::select! {
+            next = state.consumer.next() => next,
+            _ = state.installs.changed() => return Some(state.end(connection_replaced())),
+        },
     };
     match next {
         Some(Ok(delivery)) => {
