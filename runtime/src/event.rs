@@ -158,7 +158,7 @@ fn encode_binary(event: &Event, prefix: &str, routing_key: &str) -> Message {
 
 /// Decodes a delivered message into an event, whatever envelope it uses.
 pub fn decode(message: &Message) -> Result<Event, DecodeError> {
-    // Spelled out rather than built from the prefixes for every message.
+    // The header names are written out, so that no string is built per message.
     for (prefix, version_header) in [
         (AMQP_PREFIX, "cloudEvents_specversion"),
         (KAFKA_PREFIX, "ce_specversion"),

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::stream::Fuse;
-use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -359,21 +359,9 @@ async fn lane(lanes: Arc<Lanes>) -> StreamEnd {
     }
 }
 
-/// Waits for `future` unless shutdown comes first or another lane ended the
-/// stream. The check comes first, so after shutdown no lane takes another
-/// delivery. A future that is ready at once, as the next delivery of a busy
-/// consumer is, returns without a wait on either token.
+/// Waits for `future` unless shutdown or the end of the stream comes first.
+/// The select is biased, so after shutdown no lane takes another delivery.
 async fn unless_stopped<F: Future>(lanes: &Lanes, future: F) -> Result<F::Output, StreamEnd> {
-    if lanes.shutdown.is_cancelled() {
-        return Err(StreamEnd::Shutdown);
-    }
-    if lanes.ended.is_cancelled() {
-        return Err(StreamEnd::Ended);
-    }
-    let mut future = std::pin::pin!(future);
-    if let Some(output) = future.as_mut().now_or_never() {
-        return Ok(output);
-    }
     tokio::select! {
         biased;
         _ = lanes.shutdown.cancelled() => Err(StreamEnd::Shutdown),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::protocol::AMQPSoftError;
 use lapin::types::FieldTable;
@@ -112,17 +112,12 @@ async fn next_delivery(
     if state.ended {
         return None;
     }
-    if state.installs.has_changed().unwrap_or(true) {
-        return Some(state.end(connection_replaced()));
-    }
-    // A delivery that is ready is taken without waiting on `installs`, which
-    // would register and remove a waiter for every message.
-    let next = match state.consumer.next().now_or_never() {
-        Some(next) => next,
-        None => tokio::select! {
-            next = state.consumer.next() => next,
-            _ = state.installs.changed() => return Some(state.end(connection_replaced())),
-        },
+    // The select is biased, so a replaced connection ends the stream before
+    // another delivery is taken from it.
+    let next = tokio::select! {
+        biased;
+        _ = state.installs.changed() => return Some(state.end(connection_replaced())),
+        next = state.consumer.next() => next,
     };
     match next {
         Some(Ok(delivery)) => {
