@@ -30,7 +30,6 @@ pub(super) struct Warm {
     pub store: Store<CallState>,
     pub instance: Option<bindings::Handler>,
     pub calls: u32,
-    idle_since: Instant,
 }
 
 impl Warm {
@@ -39,40 +38,59 @@ impl Warm {
             store,
             instance: None,
             calls: 0,
-            idle_since: Instant::now(),
         }
     }
 }
 
 /// Idle instances of one handler version, by consumer: consumers differ in
-/// grants and limits, which are part of the store.
-#[derive(Default)]
-pub(super) struct WarmInstances {
-    idle: Mutex<HashMap<Arc<str>, Vec<Warm>>>,
+/// grants and limits, which are part of the store. Generic only so that the
+/// tests can keep plain values.
+pub(super) struct WarmInstances<T = Warm> {
+    idle: Mutex<HashMap<Arc<str>, Vec<Idle<T>>>>,
 }
 
-impl WarmInstances {
+struct Idle<T> {
+    since: Instant,
+    instance: T,
+}
+
+impl<T> Default for WarmInstances<T> {
+    fn default() -> Self {
+        WarmInstances {
+            idle: Mutex::default(),
+        }
+    }
+}
+
+impl<T> WarmInstances<T> {
     /// Takes the consumer's most recently used idle instance, if any.
-    pub fn take(&self, consumer: &str) -> Option<Warm> {
-        lock(&self.idle).get_mut(consumer)?.pop()
+    pub fn take(&self, consumer: &str) -> Option<T> {
+        let idle = lock(&self.idle).get_mut(consumer)?.pop()?;
+        Some(idle.instance)
     }
 
     /// Keeps an instance for the consumer's next call, and drops the
     /// consumer's instances that waited longer than [`IDLE_LIMIT`]. A
     /// consumer never has more idle instances than calls it ran at once
     /// (its `concurrency`).
-    pub fn give_back(&self, consumer: &Arc<str>, mut warm: Warm) {
-        warm.idle_since = Instant::now();
-        let expired: Vec<Warm> = {
+    pub fn give_back(&self, consumer: &Arc<str>, instance: T) {
+        self.give_back_at(consumer, instance, Instant::now());
+    }
+
+    fn give_back_at(&self, consumer: &Arc<str>, instance: T, now: Instant) {
+        let expired: Vec<Idle<T>> = {
             let mut idle = lock(&self.idle);
             let waiting = idle.entry(consumer.clone()).or_default();
             // `take` pops from the end, so the front waited longest.
             let count = waiting
                 .iter()
-                .take_while(|old| old.idle_since.elapsed() > IDLE_LIMIT)
+                .take_while(|old| now.saturating_duration_since(old.since) > IDLE_LIMIT)
                 .count();
             let expired = waiting.drain(..count).collect();
-            waiting.push(warm);
+            waiting.push(Idle {
+                since: now,
+                instance,
+            });
             expired
         };
         // Dropping a store returns its slots, outside the lock.
@@ -82,4 +100,67 @@ impl WarmInstances {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
+    #[test]
+    fn take_returns_the_most_recently_used_instance_first() {
+        let instances = WarmInstances::default();
+        let start = Instant::now();
+        let orders = consumer("orders");
+        instances.give_back_at(&orders, 1, start);
+        instances.give_back_at(&orders, 2, start + Duration::from_secs(1));
+        assert_eq!(instances.take("orders"), Some(2));
+        assert_eq!(instances.take("orders"), Some(1));
+        assert_eq!(instances.take("orders"), None);
+    }
+
+    #[test]
+    fn consumers_do_not_share_instances() {
+        let instances = WarmInstances::default();
+        instances.give_back(&consumer("orders"), 1);
+        assert_eq!(instances.take("audit"), None);
+        assert_eq!(instances.take("orders"), Some(1));
+    }
+
+    #[test]
+    fn instances_idle_longer_than_the_limit_are_dropped_at_the_next_give_back() {
+        let instances = WarmInstances::default();
+        let start = Instant::now();
+        let orders = consumer("orders");
+        // A burst left three instances; the oldest two then waited past the
+        // limit while one instance served the calls that followed.
+        instances.give_back_at(&orders, "burst-1", start);
+        instances.give_back_at(&orders, "burst-2", start + Duration::from_secs(1));
+        instances.give_back_at(&orders, "steady", start + Duration::from_secs(2));
+        let later = start + IDLE_LIMIT + Duration::from_millis(500);
+        let steady = instances.take("orders").unwrap();
+        instances.give_back_at(&orders, steady, later);
+
+        assert_eq!(instances.take("orders"), Some("steady"));
+        assert_eq!(
+            instances.take("orders"),
+            Some("burst-2"),
+            "an instance idle for less than the limit stays"
+        );
+        assert_eq!(instances.take("orders"), None, "burst-1 waited too long");
+    }
+
+    #[test]
+    fn an_instance_idle_for_exactly_the_limit_stays() {
+        let instances = WarmInstances::default();
+        let start = Instant::now();
+        let orders = consumer("orders");
+        instances.give_back_at(&orders, 1, start);
+        instances.give_back_at(&orders, 2, start + IDLE_LIMIT);
+        assert_eq!(instances.take("orders"), Some(2));
+        assert_eq!(instances.take("orders"), Some(1));
+    }
 }
