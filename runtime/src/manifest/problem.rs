@@ -192,10 +192,9 @@ fn redact_secrets(problems: &[Problem], files: &[SourceFile]) -> Vec<SourceFile>
         // A URL keeps everything but its password. A secret option value,
         // written as a quoted string, loses everything inside the quotes.
         let secret = match super::check::literal_password(value) {
-            Some(password) => value
-                .find("://")
-                .and_then(|scheme_end| value[scheme_end..].find(&password).map(|i| i + scheme_end))
-                .map(|start| span.start + start..span.start + start + password.len()),
+            Some(_) => {
+                url_password(value).map(|range| span.start + range.start..span.start + range.end)
+            }
             None if value.len() >= 2 => Some(span.start + 1..span.end - 1),
             None => None,
         };
@@ -205,6 +204,17 @@ fn redact_secrets(problems: &[Problem], files: &[SourceFile]) -> Vec<SourceFile>
         }
     }
     redacted
+}
+
+/// Returns where the password of `user:password@` lies in a URL: from the
+/// first `:` after `scheme://` to the last `@`, as in the logs' redacted
+/// URLs. Searching for the password's text instead would find the user
+/// name first when the two are equal.
+fn url_password(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://")? + "://".len();
+    let at = start + url[start..].rfind('@')?;
+    let colon = start + url[start..at].find(':')?;
+    Some(colon + 1..at)
 }
 
 /// Returns a "did you mean" hint naming the closest of `candidates`.

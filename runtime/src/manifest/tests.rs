@@ -586,6 +586,14 @@ fn rendered_source_hides_passwords() {
         "{rendered}"
     );
 
+    // The user name comes first, and an equal password must still go.
+    let same = ROUTED.replace("amqp://localhost", "amqp://guest:guest@localhost/%2f");
+    let rendered = load_texts(&[&same], Purpose::Run).render();
+    assert!(
+        rendered.contains("amqp://guest:*****@localhost/%2f"),
+        "{rendered}"
+    );
+
     let option = KAFKA.replace(
         "bootstrap = \"127.0.0.1:9092\"",
         "bootstrap = \"127.0.0.1:9092\"\noptions = { \"sasl.password\" = \"hunter2\" }",
