@@ -1,6 +1,7 @@
 //! `switchyard test`: the reference system's cases pass, a wrong expectation
 //! fails with a diff that names the field, and each handler outcome (ok,
-//! retry, reject, dead-letter) and a loop of emitted events is reported.
+//! retry, reject, dead-letter) and a loop of emitted events is reported, and
+//! each case starts in fresh handler instances.
 //! No broker is needed: every case runs on the embedded broker.
 
 use std::path::{Path, PathBuf};
@@ -274,5 +275,52 @@ fn no_case_files_is_an_error() {
     assert!(
         stderr.contains("no test case files (`*.test.toml`) found in"),
         "{stderr}"
+    );
+}
+
+/// Every case starts its handlers in fresh instances, so a handler's globals
+/// cannot carry state from one case into the next. The chaos guest logs how
+/// many calls its instance has served.
+#[test]
+fn each_case_starts_fresh_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = chaos_manifest(
+        dir.path(),
+        &[ChaosConsumer::new("counter", "order.placed", "ok")],
+    )
+    .unwrap();
+    let case = |id: &str| {
+        format!(
+            r#"
+[[case]]
+name = "order {id}"
+event = "order.placed"
+data = {{ orderId = "{id}", customerId = "c-1", total = 5.0, items = [{{ productId = "p-1", quantity = 1 }}] }}
+"#
+        )
+    };
+    let text = ["o-1", "o-2", "o-3"].map(case).concat();
+    let cases = write_case_file(dir.path(), "counter.test.toml", &text);
+    let output = Command::new(switchyard_binary())
+        .arg("test")
+        .args([&manifest, &cases])
+        .env_remove("RABBITMQ_URL")
+        // Guest log lines are logged at info.
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("switchyard runs");
+    assert!(output.status.success(), "{}", stdout(&output));
+    let logs = String::from_utf8_lossy(&output.stderr);
+    let calls: Vec<&str> = logs
+        .lines()
+        .filter_map(|line| {
+            line.split_once("chaos guest called: ")
+                .map(|(_, call)| call)
+        })
+        .collect();
+    assert_eq!(calls.len(), 3, "one call per case:\n{logs}");
+    assert!(
+        calls.iter().all(|call| call.ends_with("instance call 1")),
+        "each case's call is the first of its instance: {calls:#?}"
     );
 }
