@@ -449,12 +449,43 @@ pub fn parse_route(route: &str) -> Result<(String, String), String> {
             "invalid path `{path}` in route `{route}`; a path starts with `/`"
         ));
     }
+    if let Some(problem) = path_problem(path) {
+        return Err(format!(
+            "invalid path `{path}` in route `{route}`: {problem}"
+        ));
+    }
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return Err(format!(
             "path `{path}` is reserved for the runtime's own endpoints"
         ));
     }
     Ok((method, path.to_owned()))
+}
+
+/// Says why a producer path cannot be served as written, if it cannot.
+/// A producer serves one fixed path: the router would read `{name}` as a
+/// path parameter, and a request path never contains its query or
+/// fragment.
+fn path_problem(path: &str) -> Option<&'static str> {
+    if path.contains(['{', '}']) {
+        return Some(
+            "a producer serves one fixed path, so it cannot have `{...}` parameters; write the path in full",
+        );
+    }
+    if path.contains(['?', '#']) {
+        return Some(
+            "a request's query or fragment is not part of its path; remove the part from `?` or `#` on",
+        );
+    }
+    if path
+        .split('/')
+        .any(|segment| segment.starts_with([':', '*']))
+    {
+        return Some(
+            "a path segment cannot start with `:` or `*`; the router reserves them for parameters",
+        );
+    }
+    None
 }
 
 fn producers(manifest: &Manifest, problems: &mut Vec<Problem>) {

@@ -182,6 +182,33 @@ fn duplicate_routes_rejected() {
 }
 
 #[test]
+fn route_parameters_and_queries_rejected() {
+    for path in [
+        "/x/{a}",
+        "/x/{*rest}",
+        "/q?x=1",
+        "/a#b",
+        "/x/:id",
+        "/files/*rest",
+    ] {
+        let text = format!(
+            "{BASE}\n[events.e]\nschema = \"e.json\"\n\n[producers.a]\nhttp = \"POST {path}\"\nevent = \"e\"\n"
+        );
+        let loaded = load_texts(&[&text], Purpose::Run);
+        let rendered = loaded.render();
+        assert_eq!(
+            codes(&loaded),
+            ["invalid-route", "unpublished-event"],
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(&format!("invalid path `{path}`")),
+            "{rendered}"
+        );
+    }
+}
+
+#[test]
 fn invalid_duration_names_value() {
     let text = format!(
         "{BASE}\n[consumers.c]\nqueue = \"work\"\nhandler = \"h.wasm\"\nlimits = {{ timeout = \"2 fortnights\" }}\n"
