@@ -188,15 +188,21 @@ async fn accept(state: &Ingress, producer: &Producer, request: Request) -> Resul
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    if !is_json_content_type(content_type) {
+        .map(|value| value.to_str().unwrap_or_default())
+        .filter(|value| !value.is_empty());
+    if !content_type.is_some_and(is_json_content_type) {
+        let detail = match content_type {
+            Some(content_type) => format!(
+                "content type `{content_type}` is not JSON; send `Content-Type: application/json`"
+            ),
+            None => {
+                "the request has no content type; send `Content-Type: application/json`".to_owned()
+            }
+        };
         return Err(problem(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Unsupported Media Type",
-            &format!(
-                "content type `{content_type}` is not JSON; send `Content-Type: application/json`"
-            ),
+            &detail,
             None,
         ));
     }

@@ -155,6 +155,14 @@ pub async fn check_invalid_requests(process: &Switchyard) -> anyhow::Result<()> 
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "text/plain body"
     );
+    let response = process.post("/orders", "", b"{}".to_vec()).await?;
+    let problem = check_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await?;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.starts_with("the request has no content type")),
+        "{problem}"
+    );
 
     // The default body limit is 1 MiB.
     let padding = "x".repeat(2 * 1024 * 1024);
@@ -168,6 +176,17 @@ pub async fn check_invalid_requests(process: &Switchyard) -> anyhow::Result<()> 
 
     let response = process.post_json("/no-such-route", &order_body()).await?;
     assert_eq!(response.status(), StatusCode::NOT_FOUND, "unknown route");
+    let response = process.get("/orders").await?;
+    assert_eq!(
+        response.status(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "GET /orders"
+    );
+    assert_eq!(
+        response.headers().get(reqwest::header::ALLOW),
+        Some(&reqwest::header::HeaderValue::from_static("POST")),
+        "methods that /orders allows"
+    );
 
     let published_after = process.metrics().await?.count(PUBLISHED, &[]);
     assert_eq!(
