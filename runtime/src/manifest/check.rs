@@ -29,6 +29,20 @@ pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut V
     literal_passwords(manifest, problems);
 }
 
+/// Writes `name` as a key of a TOML table header: bare when TOML allows
+/// it, quoted otherwise, so that `order.placed` stays one key.
+pub(super) fn table_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if bare {
+        name.to_owned()
+    } else {
+        toml::Value::String(name.to_owned()).to_string()
+    }
+}
+
 /// Reports `name` when it is not a key of `defined`, with the closest key as a hint.
 fn require<T>(
     broken: &[(&'static str, String)],
@@ -48,12 +62,12 @@ fn require<T>(
         // Its own parse problem is reported already.
         return false;
     }
+    let table = format!("[{kind}s.{}]", table_key(name.get_ref()));
     let hint = match closest(name.get_ref(), defined.keys()) {
         Some(candidate) => format!("did you mean `{candidate}`?"),
-        None if defined.is_empty() => format!("define a `[{kind}s.{}]` table", name.get_ref()),
+        None if defined.is_empty() => format!("define a `{table}` table"),
         None => format!(
-            "define `[{kind}s.{}]` or use one of: {}",
-            name.get_ref(),
+            "define `{table}` or use one of: {}",
             defined
                 .keys()
                 .map(String::as_str)
@@ -656,7 +670,7 @@ fn consumer_queue(
             .at(file, queue.span())
             .hint(format!(
                 "add `dead_letter = {{ exchange = \"...\" }}` to `[queues.{}]` so failed events are kept",
-                queue.get_ref()
+                table_key(queue.get_ref())
             )),
         );
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use super::check::table_key;
 use super::{Entry, ExchangeType, Manifest, Problem, QueueDef};
 
 /// Maximum length of an AMQP routing or binding key in bytes: the key is a
@@ -89,8 +90,9 @@ fn binding_keys(manifest: &Manifest, problems: &mut Vec<Problem>) {
                         ),
                     )
                     .hint(format!(
-                        "set `type = \"topic\"` on `[exchanges.{exchange}]` to match patterns, or bind \
-                         the exact routing key"
+                        "set `type = \"topic\"` on `[exchanges.{}]` to match patterns, or bind \
+                         the exact routing key",
+                        table_key(exchange)
                     ))));
                 }
                 ExchangeType::Direct | ExchangeType::Fanout | ExchangeType::Headers => {}
@@ -256,7 +258,7 @@ fn unfed_consumers(manifest: &Manifest, problems: &mut Vec<Problem>) {
             .hint(format!(
                 "bind `[queues.{}]` to an exchange that an event publishes to, with a key that \
                  matches the event's routing key",
-                queue_name.get_ref()
+                table_key(queue_name.get_ref())
             )),
         );
     }

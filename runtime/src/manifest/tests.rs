@@ -182,6 +182,18 @@ fn duplicate_routes_rejected() {
 }
 
 #[test]
+fn undefined_event_hint_quotes_dotted_name() {
+    let text =
+        format!("{BASE}\n[producers.p]\nhttp = \"POST /shipments\"\nevent = \"order.shipped\"\n");
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), ["undefined-event"], "{}", loaded.render());
+    assert_eq!(
+        loaded.problems[0].hint.as_deref(),
+        Some("define a `[events.\"order.shipped\"]` table")
+    );
+}
+
+#[test]
 fn route_parameters_and_queries_rejected() {
     for path in [
         "/x/{a}",
