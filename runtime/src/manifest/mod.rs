@@ -614,16 +614,30 @@ fn expand_variables(
             }
         }
     }
+    // Pushed once `expand_one`, which holds `problems`, is done.
+    let mut invalid_addresses = Vec::new();
     if let (Some(listen), Some((file, span))) =
         (manifest.listen.clone(), manifest.listen_at.clone())
     {
-        manifest.listen = expand_one(&listen, file, Some(span), false);
+        manifest.listen = expand_one(&listen, file, Some(span.clone()), false);
+        if let Some(problem) =
+            address_problem(manifest.listen.as_deref(), "listen", "127.0.0.1:3000")
+        {
+            invalid_addresses.push(problem.at(file, span));
+        }
     }
     if let (Some(listen), Some((file, span))) = (
         manifest.admin_listen.clone(),
         manifest.admin_listen_at.clone(),
     ) {
-        manifest.admin_listen = expand_one(&listen, file, Some(span), false);
+        manifest.admin_listen = expand_one(&listen, file, Some(span.clone()), false);
+        if let Some(problem) = address_problem(
+            manifest.admin_listen.as_deref(),
+            "admin_listen",
+            "127.0.0.1:9090",
+        ) {
+            invalid_addresses.push(problem.at(file, span));
+        }
     }
     let mut secrets = Vec::new();
     for (name, entry) in &manifest.credentials {
@@ -634,6 +648,7 @@ fn expand_variables(
             secrets.push((name.clone(), entry.file, value, secret));
         }
     }
+    problems.extend(invalid_addresses);
     for (name, file, value, secret) in secrets {
         if !secret.is_empty() {
             manifest
@@ -654,6 +669,23 @@ fn expand_variables(
             );
         }
     }
+}
+
+/// Reports a `runtime.listen` or `runtime.admin_listen` value that is not
+/// an IP address and port, which `up` could not listen on. An empty value
+/// comes from a missing variable, which is reported already.
+fn address_problem(address: Option<&str>, setting: &str, example: &str) -> Option<Problem> {
+    let address = address.filter(|address| !address.is_empty())?;
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return None;
+    }
+    Some(
+        Problem::error(
+            "invalid-value",
+            format!("`runtime.{setting}` is `{address}`, which is not an IP address and port"),
+        )
+        .hint(format!("write an IP address and port, such as `{example}`")),
+    )
 }
 
 #[cfg(test)]

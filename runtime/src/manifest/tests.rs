@@ -194,6 +194,19 @@ fn undefined_event_hint_quotes_dotted_name() {
 }
 
 #[test]
+fn listen_address_without_port_rejected() {
+    let text =
+        format!("[runtime]\nlisten = \"localhost\"\nadmin_listen = \"127.0.0.1:9090\"\n{BASE}");
+    let loaded = load_texts(&[&text], Purpose::Check);
+    assert_eq!(codes(&loaded), ["invalid-value"], "{}", loaded.render());
+    assert_eq!(
+        loaded.problems[0].message,
+        "`runtime.listen` is `localhost`, which is not an IP address and port"
+    );
+    assert_eq!(position(&loaded, 0), (2, 10));
+}
+
+#[test]
 fn route_parameters_and_queries_rejected() {
     for path in [
         "/x/{a}",
