@@ -147,6 +147,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         Some(admin) => Some(bind(admin).await?),
         None => None,
     };
+    // Port 0 lets the system choose; the log gives the port it chose.
+    let address = listener.local_addr().unwrap_or(address);
+    let admin_address = match &admin_listener {
+        Some(listener) => listener.local_addr().ok().or(admin_address),
+        None => admin_address,
+    };
     let ingress = Ingress {
         publisher,
         schemas,
