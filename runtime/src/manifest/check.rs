@@ -11,6 +11,16 @@ use super::{AuthDef, BrokerKind, Entry, Manifest, Problem, Purpose, closest};
 /// RabbitMQ's default `consumer_timeout`: 1800000 ms on RabbitMQ 3.10.8.
 const RABBITMQ_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// The longest queue or exchange name that AMQP 0-9-1 allows, in bytes.
+const AMQP_NAME_LIMIT: usize = 255;
+
+/// The longest `x-message-ttl` that RabbitMQ accepts: 2^32 - 1 ms, about
+/// 49.7 days.
+const RABBITMQ_TTL_LIMIT: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// The smallest linear memory a guest can have: one WebAssembly page.
+const WASM_PAGE: u64 = 64 * 1024;
+
 /// CloudEvents attributes that can serve as a Kafka partition key.
 pub const KEY_ATTRIBUTES: [&str; 5] = ["id", "source", "subject", "type", "time"];
 
@@ -261,6 +271,66 @@ fn exchanges(manifest: &Manifest, problems: &mut Vec<Problem>) {
     }
 }
 
+/// Reports a queue name or message TTL that RabbitMQ would refuse when the
+/// topology is declared.
+fn queue_limits(
+    manifest: &Manifest,
+    problems: &mut Vec<Problem>,
+    name: &str,
+    entry: &Entry<super::QueueDef>,
+) {
+    // A consumer of the queue gets a retry queue named after it.
+    let consumed = manifest.consumers.values().any(|consumer| {
+        consumer
+            .def
+            .queue
+            .as_ref()
+            .is_some_and(|queue| queue.get_ref() == name)
+    });
+    let suffix = crate::topology::retry_queue_name("").len();
+    let longest = if consumed {
+        name.len() + suffix
+    } else {
+        name.len()
+    };
+    if longest > AMQP_NAME_LIMIT {
+        // The name itself is left out: the problem points at it, and it
+        // is long.
+        let message = if consumed {
+            format!(
+                "queue name is {} bytes long, and {longest} with the `.retry` suffix of its retry queue, but AMQP 0-9-1 allows at most {AMQP_NAME_LIMIT}",
+                name.len()
+            )
+        } else {
+            format!(
+                "queue name is {longest} bytes long, but AMQP 0-9-1 allows at most {AMQP_NAME_LIMIT}"
+            )
+        };
+        let room = AMQP_NAME_LIMIT - (longest - name.len());
+        problems.push(
+            Problem::error("name-too-long", message)
+                .at_entry(entry)
+                .hint(format!("shorten the queue name to {room} bytes or fewer")),
+        );
+    }
+    if let Some(ttl) = &entry.def.message_ttl
+        && ttl.0 > RABBITMQ_TTL_LIMIT
+    {
+        problems.push(
+            Problem::error(
+                "invalid-value",
+                format!(
+                    "`message_ttl` of queue `{name}` is {} ms, above RabbitMQ's limit of {} ms (about 49.7 days)",
+                    ttl.0.as_millis(),
+                    RABBITMQ_TTL_LIMIT.as_millis()
+                ),
+            )
+            .at_entry(entry)
+            .hint("set `message_ttl` to 49 days or less, or leave it out so messages do not expire"),
+        );
+    }
+}
+
 fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (name, entry) in &manifest.queues {
         let def = &entry.def;
@@ -305,6 +375,7 @@ fn queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
                 );
             }
         }
+        queue_limits(manifest, problems, name, entry);
         if let Some(dead_letter) = &def.dead_letter
             && require(
                 &manifest.broken,
@@ -598,6 +669,42 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                 )
                 .at_entry(entry)
                 .hint("set at least 1: the number of handler calls running at once"),
+            );
+        }
+        if def.limits.timeout.0.is_zero() {
+            problems.push(
+                Problem::error(
+                    "invalid-value",
+                    format!("consumer `{name}` has `limits.timeout = \"0s\"`, so every call would time out"),
+                )
+                .at_entry(entry)
+                .hint("set the deadline of one handler call above zero, such as `2s`"),
+            );
+        }
+        if def.limits.memory.0 < WASM_PAGE {
+            problems.push(
+                Problem::error(
+                    "invalid-value",
+                    format!(
+                        "consumer `{name}` has `limits.memory = \"{}\"`, less than one WebAssembly page (64KiB), so every call would fail",
+                        def.limits.memory
+                    ),
+                )
+                .at_entry(entry)
+                .hint("set at least the memory the handler needs, such as `64MiB`"),
+            );
+        }
+        if def.retry.backoff.0 > def.retry.max_backoff.0 {
+            problems.push(
+                Problem::warning(
+                    "backoff-over-max-backoff",
+                    format!(
+                        "consumer `{name}` has `retry.backoff = \"{}\"` above `retry.max_backoff = \"{}\"`, so every retry waits {}",
+                        def.retry.backoff, def.retry.max_backoff, def.retry.max_backoff
+                    ),
+                )
+                .at_entry(entry)
+                .hint("lower `retry.backoff` or raise `retry.max_backoff`"),
             );
         }
         if def.limits.calls_per_instance == 0 {

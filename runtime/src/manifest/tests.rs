@@ -207,6 +207,66 @@ fn listen_address_without_port_rejected() {
 }
 
 #[test]
+fn values_the_broker_or_runtime_would_refuse_reported() {
+    let long = "q".repeat(250);
+    let text = format!(
+        r#"{BASE}
+[queues.{long}]
+broker = "rabbit"
+bind = [{{ exchange = "events", key = "order.*" }}]
+dead_letter = {{ exchange = "dlx" }}
+message_ttl = "100000d"
+
+[consumers.c]
+queue = "{long}"
+handler = "h.wasm"
+limits = {{ timeout = "0s", memory = "0B" }}
+retry = {{ backoff = "10m", max_backoff = "1m" }}
+"#
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    let rendered = loaded.render();
+    let mut found = codes(&loaded);
+    found.sort_unstable();
+    // No event reaches the queue, hence `unfed-consumer`.
+    assert_eq!(
+        found,
+        [
+            "backoff-over-max-backoff",
+            "invalid-value",
+            "invalid-value",
+            "invalid-value",
+            "name-too-long",
+            "unfed-consumer",
+        ],
+        "{rendered}"
+    );
+    let text: Vec<String> = loaded
+        .problems
+        .iter()
+        .map(|problem| {
+            format!(
+                "{} {}",
+                problem.message,
+                problem.hint.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    for expected in [
+        "queue name is 250 bytes long, and 256 with the `.retry` suffix of its retry queue, but AMQP 0-9-1 allows at most 255 shorten the queue name to 249 bytes or fewer",
+        "is 8640000000000 ms, above RabbitMQ's limit of 4294967295 ms",
+        "so every call would time out",
+        "less than one WebAssembly page",
+        "so every retry waits 1m",
+    ] {
+        assert!(
+            text.iter().any(|problem| problem.contains(expected)),
+            "{expected}:\n{rendered}"
+        );
+    }
+}
+
+#[test]
 fn route_parameters_and_queries_rejected() {
     for path in [
         "/x/{a}",
