@@ -1,8 +1,8 @@
 //! What operators watch, checked on the real binary and the local RabbitMQ.
 //! The tests cover readiness and connection metrics through a broker
 //! outage, the fields of per-event log lines, W3C trace context from the
-//! HTTP request to the emitted events, the prefetch gauge, and credentials
-//! kept out of the log.
+//! HTTP request to the emitted events, the prefetch gauge, credentials
+//! kept out of the log, and manifest warnings as JSON log records.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use serde_json::Value;
 use switchyard_tests::shop::{self, DEAD_LETTERED, HANDLED};
 use switchyard_tests::{
     BrokerLink, BrokerMode, ChaosConsumer, LogLine, Switchyard, chaos_manifest, component, poll,
-    rabbitmq, rabbitmqctl, serial, shop_manifest, unique_suffix,
+    rabbitmq, rabbitmqctl, repo_root, serial, shop_manifest, unique_suffix,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -348,5 +348,71 @@ async fn broker_password_never_logged() -> anyhow::Result<()> {
         .filter(|line| line.contains(&password))
         .collect();
     assert!(leaked.is_empty(), "wrong password in the log: {leaked:#?}");
+    Ok(())
+}
+
+/// With `--log-format json`, each manifest warning is a log record of its
+/// own, so that every line of the log is one JSON object.
+#[tokio::test]
+async fn manifest_warnings_are_json_records() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let schemas = repo_root().join("schemas");
+    let manifest = dir.path().join("warned.toml");
+    // A password written in the URL is a warning, not an error.
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"[runtime]
+name = "warned"
+schemas = {schemas:?}
+
+[brokers.rabbit]
+kind = "amqp"
+url = "amqp://app:s3cret@127.0.0.1:5672/%2f"
+
+[exchanges.events]
+broker = "rabbit"
+type = "topic"
+
+[queues.orders]
+broker = "rabbit"
+bind = [{{ exchange = "events", key = "order.placed" }}]
+external_consumers = true
+
+[events."order.placed"]
+schema = "order.placed.json"
+publish = {{ exchange = "events" }}
+"#
+        ),
+    )?;
+    let process = Switchyard::start(dir.path(), &[manifest], BrokerMode::Embedded).await?;
+    let stopped = process.stop_cleanly().await?;
+
+    let not_json: Vec<&str> = stopped
+        .stderr
+        .lines()
+        .filter(|line| serde_json::from_str::<Value>(line).is_err())
+        .collect();
+    assert!(
+        not_json.is_empty(),
+        "lines that are not JSON: {not_json:#?}"
+    );
+    let lines = stopped.log_lines();
+    let warning = lines
+        .iter()
+        .find(|line| line.field("code") == Some("literal-password"))
+        .unwrap_or_else(|| panic!("no literal-password record:\n{}", stopped.stderr));
+    assert_eq!(warning.level, "WARN");
+    assert_eq!(
+        warning.message(),
+        "the URL of broker `rabbit` contains a password"
+    );
+    assert!(
+        warning
+            .field("at")
+            .is_some_and(|at| at.ends_with("warned.toml:7:7")),
+        "{warning:?}"
+    );
+    assert!(!stopped.stderr.contains("s3cret"), "{}", stopped.stderr);
     Ok(())
 }

@@ -189,9 +189,22 @@ fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         embedded: args.embedded,
         listen: args.listen,
         admin_listen: args.admin_listen,
+        log_format: args.log_format,
     }));
     keep_until_exit(runtime);
-    result.map(|()| ExitCode::SUCCESS)
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A JSON log ends with a JSON record, not with the plain error line
+        // that other commands print.
+        Err(err) if args.log_format == LogFormat::Json => {
+            tracing::error!(
+                error = format!("{err:#}"),
+                "switchyard stopped with an error"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Leaves the async runtime running until the process exits. lapin's I/O

@@ -23,7 +23,7 @@ use crate::ingress::{self, Credential, Credentials, Ingress, Producer, RequestLi
 use crate::manifest::{self, BrokerKind, Encoding, Manifest, Purpose, SaslCredentials, TlsFiles};
 use crate::reload::{self, Slots};
 use crate::schema::Schemas;
-use crate::telemetry::{self, Readiness};
+use crate::telemetry::{self, LogFormat, Readiness};
 use crate::topology;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -38,29 +38,32 @@ pub struct UpOptions {
     /// Address of the server for the probes and `/metrics`; `None` serves
     /// them on `listen` unless the manifest sets `runtime.admin_listen`.
     pub admin_listen: Option<String>,
+    /// How the manifests' warnings are written: rendered with their source
+    /// lines for text logs, as one log record each for JSON logs.
+    pub log_format: LogFormat,
 }
 
 /// Loads the manifests and their schemas for running, or fails with every
-/// problem rendered. Warnings go to stderr.
+/// problem rendered. Warnings go to stderr, rendered with their source lines.
 pub fn load_for_run(paths: &[PathBuf]) -> anyhow::Result<(Manifest, Schemas)> {
     let (manifest, schemas, warnings) = load_and_compile(paths, Purpose::Run)?;
-    if let Some(warnings) = warnings {
-        eprint!("{warnings}");
+    if !warnings.is_empty() {
+        eprint!("{}", manifest::render(&warnings, &manifest.files));
     }
     Ok((manifest, schemas))
 }
 
 /// Loads the manifests with `${VAR}` from the environment and compiles their
-/// schemas. Fails on any error, and returns the rendered warnings, if any.
+/// schemas. Fails on any error, and returns the warnings.
 pub(crate) fn load_and_compile(
     paths: &[PathBuf],
     purpose: Purpose,
-) -> anyhow::Result<(Manifest, Schemas, Option<String>)> {
+) -> anyhow::Result<(Manifest, Schemas, Vec<manifest::Problem>)> {
     let loaded = manifest::load(paths, purpose, &|name| std::env::var(name).ok());
     if loaded.has_errors() {
         bail!("invalid manifest:\n{}", loaded.render());
     }
-    let warnings = (!loaded.problems.is_empty()).then(|| loaded.render());
+    let warnings = loaded.problems;
     let manifest = loaded.manifest;
     let (schemas, problems) = Schemas::compile(&manifest);
     if !problems.is_empty() {
@@ -72,9 +75,38 @@ pub(crate) fn load_and_compile(
     Ok((manifest, schemas, warnings))
 }
 
+/// Writes the manifests' warnings at start: rendered with their source
+/// lines among text logs, or as one warning record each among JSON logs,
+/// so that every line of a JSON log stays one JSON object.
+fn report_warnings(manifest: &Manifest, warnings: &[manifest::Problem], format: LogFormat) {
+    if warnings.is_empty() {
+        return;
+    }
+    if format == LogFormat::Text {
+        eprint!("{}", manifest::render(warnings, &manifest.files));
+        return;
+    }
+    for warning in warnings {
+        let record = manifest::record(warning, &manifest.files);
+        let at = match (&record.file, record.line, record.column) {
+            (Some(file), Some(line), Some(column)) => format!("{file}:{line}:{column}"),
+            (Some(file), _, _) => file.clone(),
+            (None, _, _) => String::new(),
+        };
+        tracing::warn!(
+            code = record.code,
+            at,
+            hint = record.hint.unwrap_or_default(),
+            "{}",
+            record.message
+        );
+    }
+}
+
 /// Runs the system until SIGINT or SIGTERM, then drains in-flight events.
 pub async fn up(options: UpOptions) -> anyhow::Result<()> {
-    let (manifest, schemas) = load_for_run(&options.manifests)?;
+    let (manifest, schemas, warnings) = load_and_compile(&options.manifests, Purpose::Run)?;
+    report_warnings(&manifest, &warnings, options.log_format);
     let metrics = telemetry::init_metrics().context("cannot install the metrics recorder")?;
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();

@@ -17,7 +17,7 @@ pub struct LogLine {
 
 impl LogLine {
     /// Parses every JSON log line of a stderr capture and skips other lines,
-    /// such as rendered manifest problems.
+    /// such as a panic's message.
     pub fn parse_all(text: &str) -> Vec<LogLine> {
         text.lines().filter_map(LogLine::parse).collect()
     }
