@@ -47,8 +47,18 @@ pub fn init_logging(format: LogFormat) {
 /// Installs the log subscriber with `default_filter` in place of the
 /// default, for when `RUST_LOG` is not set.
 pub fn init_logging_with_default(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.is_empty())
+        .map(|value| (tracing_subscriber::EnvFilter::try_new(&value), value));
+    let (filter, invalid) = match from_env {
+        Some((Ok(filter), _)) => (filter, None),
+        Some((Err(err), value)) => (
+            tracing_subscriber::EnvFilter::new(default_filter),
+            Some((value, err)),
+        ),
+        None => (tracing_subscriber::EnvFilter::new(default_filter), None),
+    };
     // Colours only for a terminal, so that a log file or collector gets
     // plain text.
     let builder = tracing_subscriber::fmt()
@@ -62,6 +72,12 @@ pub fn init_logging_with_default(format: LogFormat, default_filter: &str) {
             .event_format(JsonLines)
             .try_init(),
     };
+    if let Some((value, err)) = invalid {
+        tracing::warn!(
+            "RUST_LOG `{value}` is not a valid log filter ({err}), so the default `{default_filter}` applies; \
+             write directives such as `info` or `switchyard=debug,lapin=warn`"
+        );
+    }
 }
 
 /// The `--log-format json` line: one object with `timestamp`, `level`,
