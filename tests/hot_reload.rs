@@ -1,8 +1,8 @@
 //! Hot reload of handler components through the real binary with
 //! `up --embedded`. The tests cover a handler that appears after the start,
 //! each way of saving a new version, files that must be rejected and a
-//! deleted handler. They also check guest stdout and stderr in the log, and
-//! the warning about manifest changes.
+//! deleted handler, and a handler in a subfolder. They also check guest
+//! stdout and stderr in the log, and the warning about manifest changes.
 //!
 //! Each test runs one consumer, `signups`, on `user.created` events, with
 //! the handler file `signups.wasm` in a temporary handlers folder. The file
@@ -73,6 +73,8 @@ impl Version {
 struct Run {
     dir: TempDir,
     manifest: PathBuf,
+    /// The handler file, relative to the handlers folder.
+    handler: &'static str,
     process: Switchyard,
 }
 
@@ -82,7 +84,7 @@ impl Run {
     }
 
     fn handler_path(&self) -> PathBuf {
-        self.handlers().join(HANDLER_FILE)
+        self.handlers().join(self.handler)
     }
 
     fn log_lines(&self) -> Vec<LogLine> {
@@ -197,8 +199,8 @@ impl Run {
 
 /// Writes the manifest: the `user.created` event, its producer
 /// `POST /users`, the queue `signups` with a dead-letter exchange, and the
-/// consumer `signups` running `signups.wasm` from `<dir>/handlers`.
-fn write_manifest(dir: &Path) -> anyhow::Result<PathBuf> {
+/// consumer `signups` running `handler` from `<dir>/handlers`.
+fn write_manifest(dir: &Path, handler: &str) -> anyhow::Result<PathBuf> {
     let handlers = dir.join("handlers");
     std::fs::create_dir_all(&handlers)?;
     let quote = |path: &Path| toml::Value::String(path.to_string_lossy().into_owned()).to_string();
@@ -240,7 +242,7 @@ id_field = "userId"
 
 [consumers.{CONSUMER}]
 queue = "{CONSUMER}"
-handler = "{HANDLER_FILE}"
+handler = "{handler}"
 retry = {{ max_attempts = 3, backoff = "100ms" }}
 config = {{ mode = "ok" }}
 "#,
@@ -255,13 +257,20 @@ config = {{ mode = "ok" }}
 /// Starts switchyard with `initial` as the handler, or with no handler file
 /// when `None`, and waits for `/readyz` only when there is a handler.
 async fn start(initial: Option<Version>) -> anyhow::Result<Run> {
+    start_with(initial, HANDLER_FILE).await
+}
+
+/// Starts switchyard as [`start`] does, with the handler file at `handler`
+/// in the handlers folder.
+async fn start_with(initial: Option<Version>, handler: &'static str) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
-    let manifest = write_manifest(dir.path())?;
+    let manifest = write_manifest(dir.path(), handler)?;
+    let path = dir.path().join("handlers").join(handler);
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)?;
+    }
     if let Some(version) = initial {
-        std::fs::write(
-            dir.path().join("handlers").join(HANDLER_FILE),
-            version.bytes()?,
-        )?;
+        std::fs::write(&path, version.bytes()?)?;
     }
     let mode = BrokerMode::Embedded;
     let process = match initial {
@@ -271,6 +280,7 @@ async fn start(initial: Option<Version>) -> anyhow::Result<Run> {
     Ok(Run {
         dir,
         manifest,
+        handler,
         process,
     })
 }
@@ -411,6 +421,22 @@ async fn each_save_style_reloads_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A handler in a subfolder of the handlers folder is watched as well.
+#[tokio::test]
+async fn handler_in_subfolder_reloads() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let run = start_with(Some(Version::Analytics), "current/signups.wasm").await?;
+    run.expect_served_by(Version::Analytics, "at start").await?;
+
+    std::fs::copy(component("tests/guests/chaos.wasm")?, run.handler_path())?;
+    run.expect_reloads("ok", 1, "after cp into the subfolder")
+        .await?;
+    run.expect_served_by(Version::Chaos, "after cp into the subfolder")
+        .await?;
+    run.process.stop_cleanly().await?;
+    Ok(())
+}
+
 /// A file that must be rejected and a phrase of the reason logged for it.
 struct InvalidFile {
     case: &'static str,
@@ -530,7 +556,7 @@ async fn deleted_handler_keeps_serving() -> anyhow::Result<()> {
 async fn guest_output_logged_by_line() -> anyhow::Result<()> {
     let _serial = serial().await;
     let dir = tempfile::tempdir()?;
-    let manifest = write_manifest(dir.path())?;
+    let manifest = write_manifest(dir.path(), HANDLER_FILE)?;
     std::fs::copy(
         component("tests/guests/printer.wasm")?,
         dir.path().join("handlers").join(HANDLER_FILE),
@@ -544,6 +570,7 @@ async fn guest_output_logged_by_line() -> anyhow::Result<()> {
     let run = Run {
         dir,
         manifest,
+        handler: HANDLER_FILE,
         process,
     };
 

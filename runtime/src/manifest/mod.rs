@@ -162,9 +162,16 @@ impl Manifest {
             .collect()
     }
 
-    /// Returns every folder that contains handlers, without repeats.
+    /// Returns the folders of the consumers' handler files, without repeats.
     pub fn handler_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs = self.handler_dirs.clone();
+        // The folder of each handler file, so that a handler in a subfolder
+        // of `runtime.handlers` is watched too.
+        let mut dirs: Vec<PathBuf> = self
+            .consumers
+            .keys()
+            .filter_map(|consumer| self.handler_path(consumer))
+            .filter_map(|path| path.parent().map(Path::to_path_buf))
+            .collect();
         dirs.sort();
         dirs.dedup();
         dirs
