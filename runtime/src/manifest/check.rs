@@ -26,6 +26,7 @@ pub const KEY_ATTRIBUTES: [&str; 5] = ["id", "source", "subject", "type", "time"
 
 /// Reports every reference to an undefined or misplaced entity.
 pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>) {
+    empty_names(manifest, problems);
     brokers(manifest, problems);
     exchanges(manifest, problems);
     queues(manifest, problems);
@@ -37,6 +38,34 @@ pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut V
     auth(manifest, problems);
     super::routes::routes(manifest, problems);
     literal_passwords(manifest, problems);
+}
+
+/// Reports entries named by an empty key, such as `[queues.""]`. RabbitMQ
+/// would name such a queue itself, `""` is its default exchange, and a
+/// CloudEvents type must not be empty.
+fn empty_names(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    fn report<T>(
+        kind: &str,
+        example: &str,
+        entries: &BTreeMap<String, Entry<T>>,
+        problems: &mut Vec<Problem>,
+    ) {
+        if let Some(entry) = entries.get("") {
+            problems.push(
+                Problem::error("empty-name", format!("`[{kind}s.\"\"]` has an empty name"))
+                    .at_entry(entry)
+                    .hint(format!("name it, such as `[{kind}s.{example}]`")),
+            );
+        }
+    }
+    report("broker", "rabbit", &manifest.brokers, problems);
+    report("exchange", "events", &manifest.exchanges, problems);
+    report("queue", "orders", &manifest.queues, problems);
+    report("topic", "orders", &manifest.topics, problems);
+    report("event", "\"order.placed\"", &manifest.events, problems);
+    report("producer", "order-service", &manifest.producers, problems);
+    report("consumer", "email-service", &manifest.consumers, problems);
+    report("credential", "checkout", &manifest.credentials, problems);
 }
 
 /// Writes `name` as a key of a TOML table header: bare when TOML allows

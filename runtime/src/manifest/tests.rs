@@ -267,6 +267,29 @@ retry = {{ backoff = "10m", max_backoff = "1m" }}
 }
 
 #[test]
+fn empty_names_rejected() {
+    let text = format!(
+        "{BASE}\n[events.\"\"]\nschema = \"e.json\"\npublish = {{ exchange = \"events\" }}\n\n[queues.\"\"]\nbroker = \"rabbit\"\nexternal_consumers = true\n"
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    let empty: Vec<&str> = loaded
+        .problems
+        .iter()
+        .filter(|problem| problem.code == "empty-name")
+        .map(|problem| problem.message.as_str())
+        .collect();
+    assert_eq!(
+        empty,
+        [
+            "`[queues.\"\"]` has an empty name",
+            "`[events.\"\"]` has an empty name"
+        ],
+        "{}",
+        loaded.render()
+    );
+}
+
+#[test]
 fn route_parameters_and_queries_rejected() {
     for path in [
         "/x/{a}",
