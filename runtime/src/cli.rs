@@ -258,14 +258,37 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The largest file that `publish --data @FILE` reads.
+const PUBLISH_DATA_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Reads the event data of `publish --data @FILE`, up to
+/// [`PUBLISH_DATA_LIMIT`], so that a device such as `/dev/zero` cannot
+/// fill the memory.
+fn read_event_data(path: &str) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let cannot_read =
+        |err: std::io::Error| anyhow::anyhow!("cannot read event data from `{path}`: {err}");
+    let file = std::fs::File::open(path).map_err(cannot_read)?;
+    let mut text = String::new();
+    file.take(PUBLISH_DATA_LIMIT + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot_read)?;
+    if text.len() as u64 > PUBLISH_DATA_LIMIT {
+        anyhow::bail!(
+            "event data in `{path}` is larger than {} MiB; publish a smaller event",
+            PUBLISH_DATA_LIMIT / (1024 * 1024)
+        );
+    }
+    Ok(text)
+}
+
 fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging(LogFormat::Text);
     let mut arguments = args.arguments;
     let event_type = arguments.pop().unwrap_or_default();
     let manifests: Vec<PathBuf> = arguments.into_iter().map(PathBuf::from).collect();
     let text = match args.data.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|err| anyhow::anyhow!("cannot read event data from `{path}`: {err}"))?,
+        Some(path) => read_event_data(path)?,
         None => args.data,
     };
     let data: serde_json::Value = serde_json::from_str(&text)
@@ -492,6 +515,22 @@ pub fn manifest_schema() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_data_file_read_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("order.json");
+        std::fs::write(&path, r#"{"orderId": "o-1"}"#).unwrap();
+        let text = read_event_data(path.to_str().unwrap()).unwrap();
+        assert_eq!(text, r#"{"orderId": "o-1"}"#);
+
+        // An endless device stops at the limit instead of filling memory.
+        let err = read_event_data("/dev/zero").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "event data in `/dev/zero` is larger than 16 MiB; publish a smaller event"
+        );
+    }
 
     /// `schemas/manifest.schema.json` is what editors read; it must be
     /// exactly what `switchyard schema` prints. Refresh it with
