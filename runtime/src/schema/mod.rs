@@ -203,14 +203,22 @@ fn compile_one(
     registry: &Registry<'static>,
 ) -> Result<(EventSchema, Vec<String>), CompileError> {
     let text = std::fs::read_to_string(path).map_err(|err| {
+        let hint = match err.kind() {
+            std::io::ErrorKind::NotFound => {
+                "create the file or correct `schema`; paths are relative to the schemas folder"
+            }
+            std::io::ErrorKind::IsADirectory => {
+                "name a JSON Schema file in `schema`, not a folder; paths are relative to the schemas folder"
+            }
+            _ => "make the file readable by switchyard, or correct `schema`",
+        };
         (
             "schema-not-found",
             format!(
                 "cannot read schema `{}` of event `{event_type}`: {err}",
                 path.display()
             ),
-            "create the file or correct `schema`; paths are relative to the schemas folder"
-                .to_owned(),
+            hint.to_owned(),
         )
     })?;
     let schema: Value = serde_json::from_str(&text).map_err(|err| {
@@ -309,6 +317,25 @@ mod tests {
         let compiled = Schemas::compile(&loaded.manifest);
         let _ = std::fs::remove_dir_all(&dir);
         compiled
+    }
+
+    #[test]
+    fn schema_path_to_a_folder_named_in_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("schemas/e.json")).unwrap();
+        std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+        let manifest_path = dir.path().join("manifests/m.toml");
+        std::fs::write(&manifest_path, "[events.e]\nschema = \"e.json\"\n").unwrap();
+        let loaded = manifest::load(&[manifest_path], Purpose::Check, &|_| None);
+        let (_, problems) = Schemas::compile(&loaded.manifest);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].code, "schema-not-found");
+        assert_eq!(
+            problems[0].hint.as_deref(),
+            Some(
+                "name a JSON Schema file in `schema`, not a folder; paths are relative to the schemas folder"
+            )
+        );
     }
 
     #[test]
