@@ -3,7 +3,7 @@
 //! Schemas default to draft 2020-12, assert `format`, and resolve `$ref`s only
 //! against the `.json` files in their own folder: nothing is ever fetched.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,6 +74,9 @@ impl Schemas {
         let mut schemas = Schemas::default();
         let mut problems = Vec::new();
         let mut registries: BTreeMap<PathBuf, Result<Registry<'static>, String>> = BTreeMap::new();
+        // A folder that cannot be read is reported once, at the first event
+        // whose schema it holds, rather than once for each event.
+        let mut unreadable: BTreeSet<PathBuf> = BTreeSet::new();
 
         for (event_type, entry) in &manifest.events {
             let (Some(path), Some(dir)) = (
@@ -89,7 +92,9 @@ impl Schemas {
             let registry = match registry {
                 Ok(registry) => registry,
                 Err(message) => {
-                    problems.push(at(Problem::error("schema-invalid", message.clone())));
+                    if unreadable.insert(dir.to_path_buf()) {
+                        problems.push(at(Problem::error("schema-invalid", message.clone())));
+                    }
                     continue;
                 }
             };
@@ -335,6 +340,25 @@ mod tests {
             Some(
                 "name a JSON Schema file in `schema`, not a folder; paths are relative to the schemas folder"
             )
+        );
+    }
+
+    #[test]
+    fn missing_schema_folder_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+        let manifest_path = dir.path().join("manifests/m.toml");
+        std::fs::write(
+            &manifest_path,
+            "[events.a]\nschema = \"a.json\"\n\n[events.b]\nschema = \"b.json\"\n",
+        )
+        .unwrap();
+        let loaded = manifest::load(&[manifest_path], Purpose::Check, &|_| None);
+        let (_, problems) = Schemas::compile(&loaded.manifest);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.starts_with("cannot read schema folder"),
+            "{problems:?}"
         );
     }
 
