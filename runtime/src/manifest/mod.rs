@@ -533,7 +533,7 @@ fn expand_variables(
 ) {
     // `secret` is true for a credential's token or key, whose hint leaves
     // out the default because a default would be accepted whenever the
-    // variable is unset.
+    // variable is unset or empty.
     let mut expand_one =
         |raw: &str, file: usize, span: Option<std::ops::Range<usize>>, secret: bool| {
             let at = |problem: Problem| match span.clone() {
