@@ -146,6 +146,7 @@ fn case_reports_its_own_code() {
         ("invalid-size", &["invalid-value"][..]),
         ("invalid-toml", &["invalid-toml"][..]),
         ("invalid-type", &["invalid-value"][..]),
+        ("invalid-url", &["invalid-url"][..]),
         ("literal-password", &["literal-password"][..]),
         // A literal bearer token, and an API key with a default.
         (
