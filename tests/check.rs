@@ -146,6 +146,7 @@ fn case_reports_its_own_code() {
         ("invalid-size", &["invalid-value"][..]),
         ("invalid-toml", &["invalid-toml"][..]),
         ("invalid-type", &["invalid-value"][..]),
+        ("invalid-url", &["invalid-url"][..]),
         ("literal-password", &["literal-password"][..]),
         // A literal bearer token, and an API key with a default.
         (
@@ -313,35 +314,9 @@ fn no_manifest_is_usage_error() {
 /// same relative manifest path.
 #[test]
 fn against_reports_breaking_change() {
-    let old = tempfile::tempdir().expect("temporary folder");
-    let new = tempfile::tempdir().expect("temporary folder");
-    let valid = case_dir("valid").join("manifest.toml");
-    for (root, required) in [
-        (old.path(), "[\"orderId\"]"),
-        (new.path(), "[\"orderId\", \"total\"]"),
-    ] {
-        write_checkout(root, &valid, required);
-    }
+    let (old, new) = breaking_checkouts();
 
-    let output = Command::new(switchyard_binary())
-        .args([
-            "check",
-            "case/manifest.toml",
-            "--format",
-            "json",
-            "--against",
-        ])
-        .arg(old.path())
-        .current_dir(new.path())
-        .env_clear()
-        .output()
-        .expect("the switchyard binary runs");
-
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    let run = check_against(new.path(), Path::new("case/manifest.toml"), old.path());
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     let found = problems(&run);
     assert_eq!(found.len(), 1, "{}", run.stdout);
@@ -349,6 +324,129 @@ fn against_reports_breaking_change() {
     let message = found[0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("`order.placed`"), "{message}");
     assert!(message.contains("total"), "{message}");
+}
+
+/// The older manifest is found from the root of the new one's Git checkout,
+/// whatever the working directory and whether the path is absolute.
+#[test]
+fn against_any_working_dir() {
+    let (old, new) = breaking_checkouts();
+    let elsewhere = tempfile::tempdir().expect("temporary folder");
+    std::fs::create_dir(new.path().join(".git")).expect("create .git folder");
+
+    let absolute = new.path().join("case/manifest.toml");
+    let runs = [
+        (
+            new.path().to_path_buf(),
+            PathBuf::from("case/manifest.toml"),
+        ),
+        (new.path().join("case"), PathBuf::from("manifest.toml")),
+        (
+            new.path().join("case"),
+            PathBuf::from("../case/manifest.toml"),
+        ),
+        (elsewhere.path().to_path_buf(), absolute.clone()),
+        (new.path().to_path_buf(), absolute),
+    ];
+    for (working_dir, manifest) in runs {
+        let run = check_against(&working_dir, &manifest, old.path());
+        let context = format!("in {}: {}", working_dir.display(), run.stdout);
+        assert_eq!(run.code, 1, "{context}{}", run.stderr);
+        let codes: Vec<Value> = problems(&run).iter().map(|p| p["code"].clone()).collect();
+        assert_eq!(codes, ["incompatible-schema"], "{context}");
+    }
+}
+
+/// Without a `.git` folder above it, a manifest outside the working
+/// directory cannot be placed in the older checkout, and `check` reports an
+/// error instead of comparing nothing.
+#[test]
+fn against_outside_checkout_rejected() {
+    let (old, new) = breaking_checkouts();
+    let elsewhere = tempfile::tempdir().expect("temporary folder");
+
+    let manifest = new.path().join("case/manifest.toml");
+    let run = check_against(elsewhere.path(), &manifest, old.path());
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{}", run.stdout);
+    assert_eq!(found[0]["code"], "against-manifest-outside-checkout");
+    assert_eq!(found[0]["severity"], "error");
+    let message = found[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("manifest.toml"), "{message}");
+}
+
+/// An older schema that is missing or not JSON is an error naming the file,
+/// not a comparison skipped in silence.
+#[test]
+fn against_unusable_old_schema_reported() {
+    let cases = [
+        (Some("{\"type\": \"object\","), "against-schema-invalid"),
+        (None, "against-schema-unreadable"),
+    ];
+    for (old_text, code) in cases {
+        let (old, new) = breaking_checkouts();
+        let schema = old.path().join("schemas/order.placed.json");
+        match old_text {
+            Some(text) => std::fs::write(&schema, text).expect("write schema"),
+            None => std::fs::remove_file(&schema).expect("remove schema"),
+        }
+
+        let run = check_against(new.path(), Path::new("case/manifest.toml"), old.path());
+        assert_eq!(run.code, 1, "{code}: {}{}", run.stdout, run.stderr);
+        let found = problems(&run);
+        assert_eq!(found.len(), 1, "{code}: {}", run.stdout);
+        assert_eq!(found[0]["code"], code);
+        let message = found[0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("order.placed.json"), "{code}: {message}");
+        assert!(message.contains("`order.placed`"), "{code}: {message}");
+    }
+}
+
+/// An older manifest that is not valid TOML defines no events to compare
+/// with, so `check` warns about it.
+#[test]
+fn against_invalid_old_manifest_warned() {
+    let (old, new) = breaking_checkouts();
+    std::fs::write(old.path().join("case/manifest.toml"), "[events\n").expect("write manifest");
+
+    let run = check_against(new.path(), Path::new("case/manifest.toml"), old.path());
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{}", run.stdout);
+    assert_eq!(found[0]["code"], "against-manifest-invalid");
+    assert_eq!(found[0]["severity"], "warning");
+    let message = found[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("manifest.toml"), "{message}");
+}
+
+/// Writes an older and a newer checkout of the `valid` case, in that order.
+/// The newer order schema also requires `total`, a breaking change.
+fn breaking_checkouts() -> (tempfile::TempDir, tempfile::TempDir) {
+    let valid = case_dir("valid").join("manifest.toml");
+    let old = tempfile::tempdir().expect("temporary folder");
+    let new = tempfile::tempdir().expect("temporary folder");
+    write_checkout(old.path(), &valid, "[\"orderId\"]");
+    write_checkout(new.path(), &valid, "[\"orderId\", \"total\"]");
+    (old, new)
+}
+
+/// Runs `switchyard check MANIFEST --format json --against OLD` in
+/// `working_dir`.
+fn check_against(working_dir: &Path, manifest: &Path, old: &Path) -> Run {
+    let output = Command::new(switchyard_binary())
+        .arg("check")
+        .arg(manifest)
+        .args(["--format", "json", "--against"])
+        .arg(old)
+        .current_dir(working_dir)
+        .env_clear()
+        .output()
+        .expect("the switchyard binary runs");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
 
 /// Writes a checkout with the `valid` case's manifest at `case/manifest.toml`

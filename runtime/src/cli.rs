@@ -10,10 +10,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::handler::HandlerHost;
 use crate::manifest::{self, ManifestFile, Problem, Purpose, Severity};
 use crate::schema::Schemas;
-use crate::schema::compat::{self, Compatibility};
+use crate::schema::compat::Compatibility;
 use crate::system::{self, UpOptions};
 use crate::telemetry::{self, LogFormat};
 use crate::topology::Action;
+
+mod against;
 
 /// Declarative event runtime: provisions RabbitMQ topology from TOML
 /// manifests, validates events against JSON Schemas and runs WebAssembly
@@ -400,7 +402,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(dir) = &args.against {
-        problems.extend(compare_schemas(
+        problems.extend(against::compare_schemas(
             &manifest,
             &args.manifests,
             dir,
@@ -432,74 +434,6 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Compares every event schema with the same event's schema in an older
-/// checkout, where each manifest is found at the same relative path.
-fn compare_schemas(
-    manifest: &manifest::Manifest,
-    paths: &[PathBuf],
-    dir: &std::path::Path,
-    mode: Compatibility,
-) -> Vec<Problem> {
-    let old_paths: Vec<PathBuf> = paths.iter().map(|path| dir.join(relative(path))).collect();
-    if let Some(missing) = old_paths.iter().find(|path| !path.exists()) {
-        return vec![
-            Problem::warning(
-                "against-manifest-not-found",
-                format!(
-                    "`{}` does not exist, so no schema was compared",
-                    missing.display()
-                ),
-            )
-            .hint("pass the root of an older checkout of this repository to `--against`"),
-        ];
-    }
-    let old = manifest::load(&old_paths, Purpose::Check, &|_| None).manifest;
-
-    let mut problems = Vec::new();
-    for (event_type, entry) in &manifest.events {
-        let (Some(new_path), Some(old_path)) = (
-            manifest.schema_path(event_type),
-            old.schema_path(event_type),
-        ) else {
-            continue;
-        };
-        let read = |path: &std::path::Path| -> Option<serde_json::Value> {
-            serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-        };
-        let (Some(new_schema), Some(old_schema)) = (read(&new_path), read(&old_path)) else {
-            continue;
-        };
-        for finding in compat::compare(&old_schema, &new_schema, mode) {
-            problems.push(
-                Problem::error(
-                    "incompatible-schema",
-                    format!(
-                        "event `{event_type}` at `{}`: {} (old `{}`, new `{}`)",
-                        finding.pointer,
-                        finding.message,
-                        old_path.display(),
-                        new_path.display()
-                    ),
-                )
-                .at(entry.file, entry.def.schema.span())
-                .hint("keep the change compatible, or publish the new shape as a new event type"),
-            );
-        }
-    }
-    problems
-}
-
-/// Returns a manifest path relative to the working directory.
-fn relative(path: &std::path::Path) -> PathBuf {
-    if path.is_relative() {
-        return path.to_path_buf();
-    }
-    let cwd = std::env::current_dir().unwrap_or_default();
-    path.strip_prefix(&cwd)
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Returns the manifest's JSON Schema as draft-07, which editors' TOML

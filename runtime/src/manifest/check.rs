@@ -956,7 +956,7 @@ fn literal_passwords(manifest: &Manifest, problems: &mut Vec<Problem>) {
                 format!("the {what} of credential `{name}` is written in the manifest")
             }
             Some(WrittenSecret::Default) => format!(
-                "the {what} of credential `{name}` has a default in the manifest, which is accepted whenever its variable is unset"
+                "the {what} of credential `{name}` has a default in the manifest, which is accepted whenever its variable is unset or empty"
             ),
             None => continue,
         };

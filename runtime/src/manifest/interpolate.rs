@@ -9,8 +9,11 @@ pub struct MissingVariable {
 }
 
 /// Expands every `${NAME}` and `${NAME:-default}` in `text` with `lookup`.
-/// `$${` writes a literal `${`. Returns the expanded text and the variables
-/// that were missing; a missing variable expands to the empty string.
+/// As in the POSIX shell, `${NAME:-default}` takes the default when the
+/// variable is unset or empty, and `${NAME}` expands a set but empty
+/// variable to the empty string. `$${` writes a literal `${`. Returns the
+/// expanded text and the variables without default that were unset, which
+/// expand to the empty string.
 pub fn expand(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -50,6 +53,7 @@ pub fn expand(
             ));
         }
         match (lookup(name), default) {
+            (Some(value), Some(default)) if value.is_empty() => out.push_str(default),
             (Some(value), _) => out.push_str(&value),
             (None, Some(default)) => out.push_str(default),
             (None, None) => missing.push(MissingVariable {
@@ -96,9 +100,17 @@ mod tests {
     }
 
     #[test]
-    fn set_empty_variable_wins_over_default() {
-        let (text, _) = expand("[${EMPTY:-x}]", &env).unwrap();
+    fn default_used_when_empty() {
+        let (text, missing) = expand("[${EMPTY:-x}]", &env).unwrap();
+        assert_eq!(text, "[x]");
+        assert!(missing.is_empty());
+    }
+
+    #[test]
+    fn empty_variable_expands_empty() {
+        let (text, missing) = expand("[${EMPTY}]", &env).unwrap();
         assert_eq!(text, "[]");
+        assert!(missing.is_empty());
     }
 
     #[test]

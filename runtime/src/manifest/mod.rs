@@ -280,6 +280,7 @@ pub fn load(
         manifest.name = "switchyard".to_owned();
     }
     expand_variables(&mut manifest, purpose, lookup, &mut problems);
+    check_amqp_urls(&manifest, lookup, &mut problems);
     check::references(&manifest, purpose, &mut problems);
     security::check(&manifest, &mut problems);
     grants::check(&manifest, lookup, &mut problems);
@@ -540,7 +541,7 @@ fn expand_variables(
 ) {
     // `secret` is true for a credential's token or key, whose hint leaves
     // out the default because a default would be accepted whenever the
-    // variable is unset.
+    // variable is unset or empty.
     let mut expand_one =
         |raw: &str, file: usize, span: Option<std::ops::Range<usize>>, secret: bool| {
             let at = |problem: Problem| match span.clone() {
@@ -693,6 +694,46 @@ fn address_problem(address: Option<&str>, setting: &str, example: &str) -> Optio
         )
         .hint(format!("write an IP address and port, such as `{example}`")),
     )
+}
+
+/// Reports an `amqp` broker URL that is empty or does not parse, so that
+/// `check` finds it and `up` stops before connecting instead of retrying a URL
+/// that can never work. A message that shows the URL redacts its password.
+fn check_amqp_urls(
+    manifest: &Manifest,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    for (name, entry) in &manifest.brokers {
+        if entry.def.kind != BrokerKind::Amqp {
+            continue;
+        }
+        let (Some(written), Some(url)) = (&entry.def.url, manifest.broker_urls.get(name)) else {
+            continue;
+        };
+        // A missing variable was reported already.
+        let all_set =
+            expand(written.get_ref(), lookup).is_ok_and(|(_, missing)| missing.is_empty());
+        if !all_set {
+            continue;
+        }
+        let message = if url.trim().is_empty() {
+            format!("the URL of broker `{name}` is empty")
+        } else {
+            match crate::broker::amqp::parse_url(name, url) {
+                Ok(_) => continue,
+                Err(error) => error.to_string(),
+            }
+        };
+        problems.push(
+            Problem::error("invalid-url", message)
+                .at(entry.file, written.span())
+                .hint(
+                    "write an AMQP URL such as `amqp://user:password@host:5672/%2f`, or set the \
+                     variable that the URL names to one",
+                ),
+        );
+    }
 }
 
 #[cfg(test)]

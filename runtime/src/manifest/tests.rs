@@ -922,3 +922,53 @@ fn sasl_credentials_expanded() {
     let debug = format!("{sasl:?}");
     assert!(!debug.contains("hunter2"), "password in Debug: {debug}");
 }
+
+/// The URLs come from a variable, as secrets do, so no `literal-password`
+/// warning joins the error.
+#[test]
+fn invalid_amqp_url_rejected() {
+    let cases = [
+        // A URL without a scheme, such as a bare host and port.
+        ("rabbit.internal:5672", "rabbit.internal:5672"),
+        ("http://app:hunter2@rabbit.internal/", "app:***@"),
+        ("amqp:app:hunter2@rabbit.internal", "***@rabbit.internal"),
+        ("", "is empty"),
+    ];
+    let text = BASE.replace("amqp://localhost", "${RABBITMQ_URL}");
+    for (url, shown) in cases {
+        let lookup = |name: &str| (name == "RABBITMQ_URL").then(|| url.to_owned());
+        let (loaded, _) = load_with_files(&[], &text, &lookup);
+        assert_eq!(
+            codes(&loaded),
+            ["invalid-url"],
+            "{url}: {}",
+            loaded.render()
+        );
+        let message = &loaded.problems[0].message;
+        assert!(message.contains("`rabbit`"), "{url}: {message}");
+        assert!(message.contains(shown), "{url}: {message}");
+        assert!(!message.contains("hunter2"), "{url}: {message}");
+        assert_eq!(position(&loaded, 0), (4, 7), "{url}");
+    }
+}
+
+#[test]
+fn unset_url_variable_only_warned() {
+    let text = BASE.replace("amqp://localhost", "${RABBITMQ_URL}");
+    let loaded = load_texts(&[&text], Purpose::Check);
+    assert_eq!(
+        codes(&loaded),
+        ["undefined-variable"],
+        "{}",
+        loaded.render()
+    );
+}
+
+#[test]
+fn empty_url_variable_takes_default() {
+    let text = BASE.replace("amqp://localhost", "${RABBITMQ_URL:-amqp://localhost}");
+    let lookup = |name: &str| (name == "RABBITMQ_URL").then(String::new);
+    let (loaded, _) = load_with_files(&[], &text, &lookup);
+    assert!(loaded.problems.is_empty(), "{}", loaded.render());
+    assert_eq!(loaded.manifest.broker_urls["rabbit"], "amqp://localhost");
+}

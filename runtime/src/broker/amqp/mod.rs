@@ -32,7 +32,7 @@ use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
 use self::session::Shared;
-pub use self::url::redact_url;
+pub use self::url::{parse_url, redact_url};
 use super::{Broker, BrokerError, Deliveries, Message};
 use crate::manifest::TlsFiles;
 use crate::topology::{BindingSpec, ExchangeSpec, QueueSpec};

@@ -34,7 +34,7 @@ pub fn redact_url(url: &str) -> String {
 /// Parses an AMQP URL for lapin. The error never contains the password: the
 /// URL parser quotes its input in some messages, so the input is replaced by
 /// its redacted form.
-pub(super) fn parse_url(broker: &str, url: &str) -> Result<AMQPUri, BrokerError> {
+pub fn parse_url(broker: &str, url: &str) -> Result<AMQPUri, BrokerError> {
     AMQPUri::from_str(url).map_err(|reason| BrokerError::InvalidUrl {
         broker: broker.to_owned(),
         url: redact_url(url),
