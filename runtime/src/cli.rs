@@ -101,8 +101,23 @@ struct UpArgs {
     /// Threads that run handlers, consumers and HTTP requests [default: one
     /// per processor core]. On a small machine that also runs the broker,
     /// fewer threads than cores can be faster: see the README.
-    #[arg(long, env = "SWITCHYARD_WORKERS", value_name = "N")]
+    #[arg(long, env = "SWITCHYARD_WORKERS", value_name = "N", value_parser = parse_workers)]
     workers: Option<NonZeroUsize>,
+}
+
+/// Parses `--workers`, whose value may come from `SWITCHYARD_WORKERS`, which
+/// the error names too.
+fn parse_workers(text: &str) -> Result<NonZeroUsize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(count) => NonZeroUsize::new(count).ok_or_else(|| {
+            "0 threads cannot run anything; give 1 or more, in `--workers` or `SWITCHYARD_WORKERS`"
+                .to_owned()
+        }),
+        Err(_) => Err(
+            "give a number of threads, such as 1 or 2, in `--workers` or `SWITCHYARD_WORKERS`"
+                .to_owned(),
+        ),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -495,6 +510,11 @@ mod tests {
         assert_eq!(args.workers.map(NonZeroUsize::get), Some(1));
         let error = up("0").expect_err("`--workers 0` is refused").to_string();
         assert!(error.contains("--workers"), "{error}");
+        assert!(error.contains("SWITCHYARD_WORKERS"), "{error}");
+        let error = up("two")
+            .expect_err("`--workers two` is refused")
+            .to_string();
+        assert!(error.contains("give a number of threads"), "{error}");
     }
 
     #[test]
