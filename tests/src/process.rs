@@ -237,9 +237,10 @@ impl Switchyard {
         let mut last = String::from("no response yet");
         while started.elapsed() < READY_TIMEOUT {
             if let Some(status) = self.child.try_wait()? {
+                let stderr = self.stderr();
                 bail!(
-                    "switchyard exited with {status} before it was ready; stderr:\n{}",
-                    self.stderr()
+                    "switchyard exited with {status} before it was ready: {}\nstderr:\n{stderr}",
+                    fatal_error(&stderr).unwrap_or_default()
                 );
             }
             match self.client.get(self.endpoint_url("/readyz")).send().await {
@@ -518,6 +519,17 @@ where
 pub fn free_loopback_address() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
     Ok(listener.local_addr()?)
+}
+
+/// Returns the error that stopped switchyard, from the last record of its
+/// JSON log, as plain text: in the record it is a JSON string, with its
+/// quotes and line breaks escaped.
+fn fatal_error(stderr: &str) -> Option<String> {
+    LogLine::parse_all(stderr)
+        .into_iter()
+        .rev()
+        .find(|line| line.message() == "switchyard stopped with an error")
+        .and_then(|line| line.field("error").map(str::to_owned))
 }
 
 /// Waits until a child process accepts TCP connections on a loopback port.
