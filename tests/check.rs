@@ -376,6 +376,51 @@ fn against_outside_checkout_rejected() {
     assert!(message.contains("manifest.toml"), "{message}");
 }
 
+/// A folder that holds none of the manifests is no older checkout: an
+/// error, not a pass with nothing compared.
+#[test]
+fn against_folder_without_manifests_rejected() {
+    let (_, new) = breaking_checkouts();
+    let empty = tempfile::tempdir().expect("temporary folder");
+    let run = check_against(new.path(), Path::new("case/manifest.toml"), empty.path());
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let found = problems(&run);
+    assert_eq!(found.len(), 1, "{}", run.stdout);
+    assert_eq!(found[0]["code"], "against-manifest-not-found");
+    assert_eq!(found[0]["severity"], "error");
+}
+
+/// A manifest added since the older checkout is a warning, and the events
+/// of the others are still compared.
+#[test]
+fn against_new_manifest_warned_others_compared() {
+    let (old, new) = breaking_checkouts();
+    std::fs::write(new.path().join("case/extra.toml"), "").expect("write manifest");
+    let run = check_all_against(
+        new.path(),
+        &[
+            Path::new("case/manifest.toml"),
+            Path::new("case/extra.toml"),
+        ],
+        old.path(),
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let mut codes: Vec<String> = problems(&run)
+        .iter()
+        .map(|problem| format!("{} {}", problem["severity"], problem["code"]))
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            "\"error\" \"incompatible-schema\"",
+            "\"warning\" \"against-manifest-not-found\""
+        ],
+        "{}",
+        run.stdout
+    );
+}
+
 /// An older schema that is missing or not JSON is an error naming the file,
 /// not a comparison skipped in silence.
 #[test]
@@ -433,9 +478,15 @@ fn breaking_checkouts() -> (tempfile::TempDir, tempfile::TempDir) {
 /// Runs `switchyard check MANIFEST --format json --against OLD` in
 /// `working_dir`.
 fn check_against(working_dir: &Path, manifest: &Path, old: &Path) -> Run {
+    check_all_against(working_dir, &[manifest], old)
+}
+
+/// Runs `switchyard check MANIFEST... --format json --against OLD` in
+/// `working_dir`.
+fn check_all_against(working_dir: &Path, manifests: &[&Path], old: &Path) -> Run {
     let output = Command::new(switchyard_binary())
         .arg("check")
-        .arg(manifest)
+        .args(manifests)
         .args(["--format", "json", "--against"])
         .arg(old)
         .current_dir(working_dir)

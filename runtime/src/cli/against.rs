@@ -30,21 +30,39 @@ pub(super) fn compare_schemas(
             Err(problem) => return vec![problem],
         }
     }
-    if let Some(missing) = old_paths.iter().find(|path| !path.exists()) {
+    let (found, missing): (Vec<PathBuf>, Vec<PathBuf>) =
+        old_paths.into_iter().partition(|path| path.exists());
+    if found.is_empty() {
+        // Not one manifest there: DIR is not an older checkout of them.
         return vec![
-            Problem::warning(
+            Problem::error(
                 "against-manifest-not-found",
                 format!(
-                    "`{}` does not exist, so no schema was compared",
-                    missing.display()
+                    "none of the manifests is in `{}`, so no schema was compared",
+                    dir.display()
                 ),
             )
             .hint("pass the root of an older checkout of this repository to `--against`"),
         ];
     }
-    let old = manifest::load(&old_paths, Purpose::Check, &|_| None);
+    // A manifest that the older checkout lacks is new: its events are
+    // compared if another manifest defined them before.
+    let mut problems: Vec<Problem> = missing
+        .iter()
+        .map(|path| {
+            Problem::warning(
+                "against-manifest-not-found",
+                format!(
+                    "`{}` does not exist, so only the events of the other manifests were compared",
+                    path.display()
+                ),
+            )
+            .hint("a manifest added since that checkout has nothing to compare with")
+        })
+        .collect();
+    let old = manifest::load(&found, Purpose::Check, &|_| None);
 
-    let mut problems = unparsed_old_manifests(&old);
+    problems.extend(unparsed_old_manifests(&old));
     for (event_type, entry) in &manifest.events {
         let (Some(new_path), Some(old_path)) = (
             manifest.schema_path(event_type),
