@@ -11,7 +11,7 @@
 //! review the difference.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use switchyard_tests::{repo_root, switchyard_binary};
@@ -548,4 +548,29 @@ fn check_never_connects_to_broker() {
             .is_err_and(|err| err.kind() == std::io::ErrorKind::WouldBlock),
         "check connected to the broker address: {accepted:?}"
     );
+}
+
+/// A reader that closes the pipe early, as `head` or `true` do, ends the
+/// output quietly instead of making switchyard panic.
+#[test]
+fn closed_stdout_ends_output_quietly() {
+    let commands: [&[&str]; 2] = [
+        &["schema"],
+        &["check", "manifests/shop.toml", "--format", "json"],
+    ];
+    for args in commands {
+        let mut child = Command::new(switchyard_binary())
+            .args(args)
+            .current_dir(repo_root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the switchyard binary runs");
+        // Closing the read end before switchyard writes makes its write fail.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("switchyard exits");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}:\n{stderr}");
+        assert_eq!(output.status.code(), Some(0), "{args:?}:\n{stderr}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The command line: argument parsing and the commands that are not the
 //! long-running `up`.
 
+use std::fmt::Write as _;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -171,7 +172,7 @@ pub fn main() -> ExitCode {
         Command::Up(args) => up(args),
         Command::Check(args) => check(args),
         Command::Schema => {
-            print!("{}", manifest_schema());
+            print_output(&manifest_schema());
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish(args) => publish(args),
@@ -239,8 +240,9 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let plans = result?;
 
     let mut conflicts = 0;
+    let mut out = String::new();
     for (broker, steps) in &plans {
-        println!("broker `{broker}`");
+        let _ = writeln!(out, "broker `{broker}`");
         for step in steps {
             let (word, detail) = match &step.action {
                 Action::Create => ("create", None),
@@ -252,14 +254,15 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
                     ("conflict", Some(text))
                 }
             };
-            println!("  {word:<10} {:<8} {}", step.kind, step.name);
+            let _ = writeln!(out, "  {word:<10} {:<8} {}", step.kind, step.name);
             if let Some(detail) = detail {
-                println!("             {detail}");
+                let _ = writeln!(out, "             {detail}");
             }
         }
         let count =
             |wanted: fn(&Action) -> bool| steps.iter().filter(|s| wanted(&s.action)).count();
-        println!(
+        let _ = writeln!(
+            out,
             "  {} to create, {} to update, {} unchanged, {} bindings to ensure, {} conflicts\n",
             count(|a| *a == Action::Create),
             count(|a| matches!(a, Action::Update(_))),
@@ -268,6 +271,7 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             count(|a| matches!(a, Action::Conflict(_))),
         );
     }
+    print_output(&out);
     Ok(if conflicts > 0 {
         ExitCode::FAILURE
     } else {
@@ -315,10 +319,10 @@ fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(system::publish_once(&manifests, &event_type, data));
     keep_until_exit(runtime);
     let event = result?;
-    println!(
-        "{}",
+    print_output(&format!(
+        "{}\n",
         serde_json::json!({ "id": event.id, "type": event.event_type })
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -357,7 +361,7 @@ fn asyncapi(args: AsyncapiArgs) -> anyhow::Result<ExitCode> {
     match &args.output {
         Some(path) => std::fs::write(path, &text)
             .map_err(|err| anyhow::anyhow!("cannot write `{}`: {err}", path.display()))?,
-        None => print!("{text}"),
+        None => print_output(&text),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -373,8 +377,24 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     }
     let text = crate::explain::explain(&loaded.manifest, &event_type, args.key.as_deref())
         .map_err(anyhow::Error::msg)?;
-    print!("{text}");
+    print_output(&text);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a command's output to stdout. A reader that went away, such as
+/// `head` or `true`, ends the output quietly, as with other command-line
+/// tools; `print!` would panic.
+fn print_output(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+    if let Err(err) = written
+        && err.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write to stdout: {err}");
+    }
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -436,7 +456,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|p| manifest::record(p, &manifest.files))
                 .collect();
-            println!("{}", serde_json::json!({ "problems": records }));
+            print_output(&format!("{}\n", serde_json::json!({ "problems": records })));
         }
         OutputFormat::Text => {
             eprint!("{}", manifest::render(&problems, &manifest.files));
