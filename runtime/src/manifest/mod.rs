@@ -622,7 +622,9 @@ fn expand_variables(
             }
         }
     }
-    // Pushed once `expand_one`, which holds `problems`, is done.
+    // Pushed once `expand_one`, which holds `problems`, is done. Only
+    // `check` reports them: `up --listen` and `--admin-listen` replace the
+    // manifest's addresses, and `up` reports an invalid address it uses.
     let mut invalid_addresses = Vec::new();
     if let (Some(listen), Some((file, span))) =
         (manifest.listen.clone(), manifest.listen_at.clone())
@@ -656,7 +658,9 @@ fn expand_variables(
             secrets.push((name.clone(), entry.file, value, secret));
         }
     }
-    problems.extend(invalid_addresses);
+    if purpose == Purpose::Check {
+        problems.extend(invalid_addresses);
+    }
     for (name, file, value, secret) in secrets {
         if !secret.is_empty() {
             manifest

@@ -204,6 +204,10 @@ fn listen_address_without_port_rejected() {
         "`runtime.listen` is `localhost`, which is not an IP address and port"
     );
     assert_eq!(position(&loaded, 0), (2, 10));
+
+    // `up --listen` may replace it, and `up` checks the address it uses.
+    let loaded = load_texts(&[&text], Purpose::Run);
+    assert_eq!(codes(&loaded), Vec::<&str>::new(), "{}", loaded.render());
 }
 
 #[test]
