@@ -14,6 +14,9 @@ const RABBITMQ_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The longest queue or exchange name that AMQP 0-9-1 allows, in bytes.
 const AMQP_NAME_LIMIT: usize = 255;
 
+/// The longest topic name that Kafka allows, in bytes.
+const KAFKA_TOPIC_LIMIT: usize = 249;
+
 /// The longest `x-message-ttl` that RabbitMQ accepts: 2^32 - 1 ms, about
 /// 49.7 days.
 const RABBITMQ_TTL_LIMIT: Duration = Duration::from_millis(u32::MAX as u64);
@@ -27,6 +30,7 @@ pub const KEY_ATTRIBUTES: [&str; 5] = ["id", "source", "subject", "type", "time"
 /// Reports every reference to an undefined or misplaced entity.
 pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>) {
     empty_names(manifest, problems);
+    long_names(manifest, problems);
     brokers(manifest, problems);
     exchanges(manifest, problems);
     queues(manifest, problems);
@@ -40,7 +44,8 @@ pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut V
     literal_passwords(manifest, problems);
 }
 
-/// Reports entries named by an empty key, such as `[queues.""]`. RabbitMQ
+/// Reports entries named by an empty key, such as `[queues.""]`, or a key
+/// of spaces only. RabbitMQ
 /// would name such a queue itself, `""` is its default exchange, and a
 /// CloudEvents type must not be empty.
 fn empty_names(manifest: &Manifest, problems: &mut Vec<Problem>) {
@@ -50,11 +55,15 @@ fn empty_names(manifest: &Manifest, problems: &mut Vec<Problem>) {
         entries: &BTreeMap<String, Entry<T>>,
         problems: &mut Vec<Problem>,
     ) {
-        if let Some(entry) = entries.get("") {
+        // A name of spaces only is as good as none.
+        if let Some((name, entry)) = entries.iter().find(|(name, _)| name.trim().is_empty()) {
             problems.push(
-                Problem::error("empty-name", format!("`[{kind}s.\"\"]` has an empty name"))
-                    .at_entry(entry)
-                    .hint(format!("name it, such as `[{kind}s.{example}]`")),
+                Problem::error(
+                    "empty-name",
+                    format!("`[{kind}s.{}]` has an empty name", table_key(name)),
+                )
+                .at_entry(entry)
+                .hint(format!("name it, such as `[{kind}s.{example}]`")),
             );
         }
     }
@@ -66,6 +75,60 @@ fn empty_names(manifest: &Manifest, problems: &mut Vec<Problem>) {
     report("producer", "order-service", &manifest.producers, problems);
     report("consumer", "email-service", &manifest.consumers, problems);
     report("credential", "checkout", &manifest.credentials, problems);
+}
+
+/// Reports exchange names and event types that the broker would refuse for
+/// their length: AMQP 0-9-1 allows 255 bytes for an exchange name and for
+/// a routing key, which is the event type, and Kafka 249 for a topic name.
+/// Queue names are checked with their retry queue in `queue_limits`.
+fn long_names(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (name, entry) in &manifest.exchanges {
+        if name.len() > AMQP_NAME_LIMIT {
+            problems.push(
+                Problem::error(
+                    "name-too-long",
+                    format!(
+                        "exchange name is {} bytes long, but AMQP 0-9-1 allows at most {AMQP_NAME_LIMIT}",
+                        name.len()
+                    ),
+                )
+                .at_entry(entry)
+                .hint(format!("shorten the exchange name to {AMQP_NAME_LIMIT} bytes or fewer")),
+            );
+        }
+    }
+    for (name, entry) in &manifest.events {
+        if name.len() > AMQP_NAME_LIMIT && !entry.def.publish.as_slice().is_empty() {
+            problems.push(
+                Problem::error(
+                    "name-too-long",
+                    format!(
+                        "event type is {} bytes long, but it is the routing key of its publishes, and AMQP 0-9-1 allows at most {AMQP_NAME_LIMIT}",
+                        name.len()
+                    ),
+                )
+                .at_entry(entry)
+                .hint(format!("shorten the event type to {AMQP_NAME_LIMIT} bytes or fewer")),
+            );
+        }
+    }
+    for (name, entry) in &manifest.topics {
+        if name.len() > KAFKA_TOPIC_LIMIT {
+            problems.push(
+                Problem::error(
+                    "name-too-long",
+                    format!(
+                        "topic name is {} bytes long, but Kafka allows at most {KAFKA_TOPIC_LIMIT}",
+                        name.len()
+                    ),
+                )
+                .at_entry(entry)
+                .hint(format!(
+                    "shorten the topic name to {KAFKA_TOPIC_LIMIT} bytes or fewer"
+                )),
+            );
+        }
+    }
 }
 
 /// Writes `name` as a key of a TOML table header: bare when TOML allows
@@ -715,8 +778,8 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                 Problem::error(
                     "invalid-value",
                     format!(
-                        "consumer `{name}` has `limits.memory = \"{}\"`, less than one WebAssembly page (64KiB), so every call would fail",
-                        def.limits.memory
+                        "consumer `{name}` has a `limits.memory` of {} bytes, less than one WebAssembly page ({WASM_PAGE} bytes), so every call would fail",
+                        def.limits.memory.0
                     ),
                 )
                 .at_entry(entry)

@@ -273,7 +273,7 @@ retry = {{ backoff = "10m", max_backoff = "1m" }}
 #[test]
 fn empty_names_rejected() {
     let text = format!(
-        "{BASE}\n[events.\"\"]\nschema = \"e.json\"\npublish = {{ exchange = \"events\" }}\n\n[queues.\"\"]\nbroker = \"rabbit\"\nexternal_consumers = true\n"
+        "{BASE}\n[events.\"\"]\nschema = \"e.json\"\npublish = {{ exchange = \"events\" }}\n\n[queues.\" \"]\nbroker = \"rabbit\"\nexternal_consumers = true\n"
     );
     let loaded = load_texts(&[&text], Purpose::Run);
     let empty: Vec<&str> = loaded
@@ -285,8 +285,49 @@ fn empty_names_rejected() {
     assert_eq!(
         empty,
         [
-            "`[queues.\"\"]` has an empty name",
+            "`[queues.\" \"]` has an empty name",
             "`[events.\"\"]` has an empty name"
+        ],
+        "{}",
+        loaded.render()
+    );
+}
+
+#[test]
+fn names_over_the_broker_limits_rejected() {
+    let exchange = "x".repeat(256);
+    let event = format!("order.{}", "y".repeat(250));
+    let topic = "t".repeat(250);
+    let text = format!(
+        r#"{BASE}
+[exchanges.{exchange}]
+broker = "rabbit"
+
+[events."{event}"]
+schema = "e.json"
+publish = {{ exchange = "events" }}
+
+[brokers.kafka]
+kind = "kafka"
+bootstrap = "127.0.0.1:9092"
+
+[topics.{topic}]
+broker = "kafka"
+"#
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    let messages: Vec<&str> = loaded
+        .problems
+        .iter()
+        .filter(|problem| problem.code == "name-too-long")
+        .map(|problem| problem.message.as_str())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "exchange name is 256 bytes long, but AMQP 0-9-1 allows at most 255",
+            "event type is 256 bytes long, but it is the routing key of its publishes, and AMQP 0-9-1 allows at most 255",
+            "topic name is 250 bytes long, but Kafka allows at most 249",
         ],
         "{}",
         loaded.render()
