@@ -82,53 +82,37 @@ fn empty_names(manifest: &Manifest, problems: &mut Vec<Problem>) {
 /// a routing key, which is the event type, and Kafka 249 for a topic name.
 /// Queue names are checked with their retry queue in `queue_limits`.
 fn long_names(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    let amqp = "AMQP 0-9-1 allows";
     for (name, entry) in &manifest.exchanges {
         if name.len() > AMQP_NAME_LIMIT {
-            problems.push(
-                Problem::error(
-                    "name-too-long",
-                    format!(
-                        "exchange name is {} bytes long, but AMQP 0-9-1 allows at most {AMQP_NAME_LIMIT}",
-                        name.len()
-                    ),
-                )
-                .at_entry(entry)
-                .hint(format!("shorten the exchange name to {AMQP_NAME_LIMIT} bytes or fewer")),
-            );
+            problems.push(too_long("exchange name", name, amqp, AMQP_NAME_LIMIT).at_entry(entry));
         }
     }
     for (name, entry) in &manifest.events {
         if name.len() > AMQP_NAME_LIMIT && !entry.def.publish.as_slice().is_empty() {
-            problems.push(
-                Problem::error(
-                    "name-too-long",
-                    format!(
-                        "event type is {} bytes long, but it is the routing key of its publishes, and AMQP 0-9-1 allows at most {AMQP_NAME_LIMIT}",
-                        name.len()
-                    ),
-                )
-                .at_entry(entry)
-                .hint(format!("shorten the event type to {AMQP_NAME_LIMIT} bytes or fewer")),
-            );
+            let rule = "it is the routing key of its publishes, and AMQP 0-9-1 allows";
+            problems.push(too_long("event type", name, rule, AMQP_NAME_LIMIT).at_entry(entry));
         }
     }
     for (name, entry) in &manifest.topics {
         if name.len() > KAFKA_TOPIC_LIMIT {
-            problems.push(
-                Problem::error(
-                    "name-too-long",
-                    format!(
-                        "topic name is {} bytes long, but Kafka allows at most {KAFKA_TOPIC_LIMIT}",
-                        name.len()
-                    ),
-                )
-                .at_entry(entry)
-                .hint(format!(
-                    "shorten the topic name to {KAFKA_TOPIC_LIMIT} bytes or fewer"
-                )),
-            );
+            let problem = too_long("topic name", name, "Kafka allows", KAFKA_TOPIC_LIMIT);
+            problems.push(problem.at_entry(entry));
         }
     }
+}
+
+/// The `name-too-long` problem of `what`, such as `exchange name`, whose
+/// limit `rule` explains. The name is left out: the problem points at it.
+fn too_long(what: &str, name: &str, rule: &str, limit: usize) -> Problem {
+    Problem::error(
+        "name-too-long",
+        format!(
+            "{what} is {} bytes long, but {rule} at most {limit}",
+            name.len()
+        ),
+    )
+    .hint(format!("shorten the {what} to {limit} bytes or fewer"))
 }
 
 /// Writes `name` as a key of a TOML table header: bare when TOML allows
