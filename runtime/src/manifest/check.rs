@@ -817,7 +817,9 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     format!("handler file `{}` does not exist", path.display()),
                 )
                 .at(entry.file, def.handler.span())
-                .hint("build the handler into that path, or correct `handler`"),
+                .hint(
+                    "build the handler into that path, or correct `handler` or `runtime.handlers`",
+                ),
             );
         }
     }
