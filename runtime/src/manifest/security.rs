@@ -163,15 +163,76 @@ fn amqps_url(
     problems.push(problem);
 }
 
-/// Reports a librdkafka property in `options` that the `tls` or `sasl`
-/// table of the same broker sets too.
+/// librdkafka properties that switchyard sets on its Kafka clients, over any
+/// value in `options`, each with what decides the value instead.
+const KAFKA_RUNTIME_PROPERTIES: [(&str, &str); 10] = [
+    (
+        "enable.idempotence",
+        "the producer is always idempotent, so a retried send is not written twice",
+    ),
+    (
+        "acks",
+        "the producer always waits for every in-sync replica (`acks=all`)",
+    ),
+    (
+        "message.timeout.ms",
+        "the broker's `confirm_timeout` sets it, such as `confirm_timeout = \"30s\"`",
+    ),
+    (
+        "group.id",
+        "a consumer's `group` sets it, and defaults to the consumer's name",
+    ),
+    (
+        "enable.auto.commit",
+        "switchyard commits the offsets of handled records itself",
+    ),
+    (
+        "auto.commit.interval.ms",
+        "switchyard commits handled offsets every second and when it stops",
+    ),
+    (
+        "enable.auto.offset.store",
+        "switchyard stores a record's offset once the record is handled or dead-lettered",
+    ),
+    (
+        "auto.offset.reset",
+        "a new group always starts at the first record of each partition, so it misses no event",
+    ),
+    (
+        "allow.auto.create.topics",
+        "provisioning creates the manifest's topics, and the broker creates no others",
+    ),
+    (
+        "max.poll.interval.ms",
+        "switchyard derives it from each consumer's `limits.timeout` and `retry`",
+    ),
+];
+
+/// Reports a librdkafka property in `options` that switchyard sets itself,
+/// or that the `tls` or `sasl` table of the same broker sets too.
 fn kafka_options(name: &str, entry: &Entry<BrokerDef>, problems: &mut Vec<Problem>) {
     let def = &entry.def;
-    if def.tls.is_none() && def.sasl.is_none() {
-        return;
-    }
     for (key, value) in &def.options {
-        if !KAFKA_SECURITY_PROPERTIES.contains(&key.as_str()) {
+        if let Some((_, decided_by)) = KAFKA_RUNTIME_PROPERTIES
+            .iter()
+            .find(|(property, _)| property == key)
+        {
+            problems.push(
+                Problem::error(
+                    "conflicting-option",
+                    format!(
+                        "option `{key}` of broker `{name}` would be ignored: switchyard sets \
+                         it on its Kafka clients"
+                    ),
+                )
+                .at(entry.file, value.span())
+                .hint(format!("remove `{key}` from `options`; {decided_by}")),
+            );
+            continue;
+        }
+        if (def.tls.is_none() && def.sasl.is_none())
+            || !KAFKA_SECURITY_PROPERTIES.contains(&key.as_str())
+        {
             continue;
         }
         problems.push(
