@@ -131,7 +131,8 @@ fn suggest_pattern(key: &str) -> String {
 }
 
 /// Warns about events that have no AMQP publish target and that no Kafka
-/// topic lists: publishing one sends it nowhere.
+/// topic lists: publishing one sends it nowhere. An HTTP producer of such an
+/// event is an error.
 fn unpublished_events(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (event_type, entry) in &manifest.events {
         let on_topic = manifest.topics.values().any(|topic| {
@@ -142,6 +143,30 @@ fn unpublished_events(manifest: &Manifest, problems: &mut Vec<Problem>) {
                 .any(|target| target.event.get_ref() == event_type)
         });
         if entry.def.publish.as_slice().is_empty() && !on_topic {
+            // Every request to an HTTP producer of such an event would fail,
+            // so that case is an error rather than a warning.
+            if let Some((producer, def)) = manifest
+                .producers
+                .iter()
+                .find(|(_, producer)| producer.def.event.get_ref() == event_type)
+            {
+                problems.push(
+                    Problem::error(
+                        "unpublished-event",
+                        format!(
+                            "producer `{producer}` accepts event `{event_type}`, which has no \
+                             publish target and is in no topic's `events`, so every request \
+                             would fail"
+                        ),
+                    )
+                    .at(def.file, def.def.event.span())
+                    .hint(format!(
+                        "add `publish = {{ exchange = \"...\" }}` to `[events.\"{event_type}\"]`, \
+                         or list it in a topic's `events`"
+                    )),
+                );
+                continue;
+            }
             problems.push(
                 Problem::warning(
                     "unpublished-event",
