@@ -302,7 +302,7 @@ async fn missing_handler_waits_then_starts() -> anyhow::Result<()> {
     let waiting = poll(TIMEOUT, || async {
         let (status, body) = readiness(&run).await.ok()?;
         let detail = body["checks"][format!("consumer:{CONSUMER}")]["detail"].as_str()?;
-        let topology_ready = body["checks"]["topology"]["ok"] == true;
+        let topology_ready = body["checks"]["topology:rabbit"]["ok"] == true;
         (topology_ready && detail.contains(HANDLER_FILE)).then_some((status, body))
     })
     .await;

@@ -59,7 +59,12 @@ async fn streaming_end_to_end() -> anyhow::Result<()> {
     .await?;
 
     let readiness: Value = process.get("/readyz").await?.json().await?;
-    for check in ["broker:stream", "consumer:analytics-stream"] {
+    for check in [
+        "broker:stream",
+        "topology:stream",
+        "topology:rabbit",
+        "consumer:analytics-stream",
+    ] {
         assert_eq!(
             readiness["checks"][check]["ok"], true,
             "{check} in {readiness}"

@@ -537,10 +537,11 @@ struct BrokerStart {
 impl BrokerStart {
     async fn run(self) {
         let check = format!("broker:{}", self.name);
+        let topology_check = format!("topology:{}", self.name);
         let readiness = &self.services.readiness;
         readiness.set(&check, false, "connecting");
         metrics::gauge!(telemetry::BROKER_CONNECTED, "broker" => self.name.clone()).set(0.0);
-        readiness.set("topology", false, "not provisioned yet");
+        readiness.set(&topology_check, false, "not provisioned yet");
         for consumer in &self.consumers {
             readiness.set(
                 format!("consumer:{}", consumer.name),
@@ -567,7 +568,7 @@ impl BrokerStart {
                 Ok(()) => break,
                 Err(errors) if errors.iter().all(|err| err.is_transient()) => {
                     tracing::warn!(broker = %self.name, error = %errors[0], "provisioning failed; retrying");
-                    readiness.set("topology", false, errors[0].to_string());
+                    readiness.set(&topology_check, false, errors[0].to_string());
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
@@ -581,7 +582,7 @@ impl BrokerStart {
                         text.join("\n")
                     );
                     readiness.set(
-                        "topology",
+                        &topology_check,
                         false,
                         "conflict with the broker's existing topology",
                     );
@@ -590,7 +591,7 @@ impl BrokerStart {
                 }
             }
         }
-        readiness.set("topology", true, "provisioned");
+        readiness.set(&topology_check, true, "provisioned");
         tracing::info!(broker = %self.name, exchanges = self.topology.exchanges.len(),
             queues = self.topology.queues.len(), bindings = self.topology.bindings.len(),
             topics = self.topology.topics.len(), "topology provisioned");
