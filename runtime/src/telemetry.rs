@@ -34,12 +34,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Default log filter. lapin logs every channel closed by the broker at
-/// error level, and switchyard reports those failures itself, with context.
-const DEFAULT_FILTER: &str = "info,lapin::channel=off";
+/// Default log filter. lapin logs each channel closed by the broker and each
+/// failed connection at error level. switchyard reports both with context.
+const DEFAULT_FILTER: &str = "info,lapin::channel=off,lapin::io_loop=off";
 
 /// Installs the global tracing subscriber; the filter comes from `RUST_LOG`,
-/// default `info` without lapin's channel errors.
+/// default `info` without lapin's channel and I/O loop errors.
 pub fn init_logging(format: LogFormat) {
     init_logging_with_default(format, DEFAULT_FILTER);
 }

@@ -51,6 +51,34 @@ pub(super) fn broker_error(error: &Error) -> BrokerError {
     }
 }
 
+/// Returns the fix for a connection that the broker refused while logging
+/// in: wrong credentials, a virtual host that does not exist, or a user
+/// without permissions on it.
+pub(super) fn login_hint(error: &Error, broker: &str) -> Option<String> {
+    let (code, text) = reply(error)?;
+    match code {
+        ACCESS_REFUSED | NOT_ALLOWED if text.contains("access to vhost") => Some(format!(
+            "the user of broker `{broker}` has no permissions on the virtual host in its URL; \
+             grant them, such as with `rabbitmqctl set_permissions -p VHOST USER '.*' '.*' '.*'`"
+        )),
+        ACCESS_REFUSED => Some(format!(
+            "check the user and password in the URL of broker `{broker}`; RabbitMQ's `guest` \
+             user can log in only from the broker's own host"
+        )),
+        NOT_ALLOWED if text.contains("vhost") => Some(format!(
+            "the virtual host in the path of the URL of broker `{broker}` does not exist; \
+             create it (`rabbitmqctl add_vhost NAME`) or fix the path, where `/%2f` is the \
+             default virtual host `/`"
+        )),
+        _ => None,
+    }
+}
+
+/// AMQP reply code of a refused login or permission.
+const ACCESS_REFUSED: u16 = 403;
+/// AMQP reply code of a refused connection to a virtual host.
+const NOT_ALLOWED: u16 = 530;
+
 /// Extracts the entity kind and name from a RabbitMQ NOT_FOUND text such as
 /// "NOT_FOUND - no exchange 'events' in vhost '/'".
 pub(super) fn not_found_entity(text: &str) -> Option<(&'static str, String)> {

@@ -151,6 +151,10 @@ impl Shared {
     /// Converts a failed connection attempt into an error that names the
     /// cause and the fix where TLS explains it.
     fn connect_error(&self, target: &tls::Target<'_>, error: &lapin::Error) -> BrokerError {
+        if let Some(hint) = errors::login_hint(error, &self.name) {
+            let error = error.to_string();
+            return self.unreachable(format!("{}; {hint}", error.trim_end_matches('.')));
+        }
         if self.uri.scheme == AMQPScheme::AMQPS {
             if let Some(explained) = tls::explain_failure(target, error) {
                 return explained;

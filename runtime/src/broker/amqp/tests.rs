@@ -980,10 +980,41 @@ async fn wrong_password_is_redacted() {
         message.contains("guest:***@"),
         "redacted URL missing: {message}"
     );
+    assert!(
+        message.contains("check the user and password in the URL of broker `rabbit`"),
+        "no hint: {message}"
+    );
 
     let broker = AmqpBroker::new("rabbit", &url, AmqpOptions::default()).expect("valid URL");
     let debug = format!("{broker:?}");
     assert!(!debug.contains("wrong-secret"), "password leaked: {debug}");
+}
+
+/// A missing virtual host and one without the user's permissions each get
+/// an error that names the cause and the fix.
+#[tokio::test]
+async fn refused_vhost_names_the_fix() {
+    let missing = format!("{VHOST_PREFIX}{}-never-created", std::process::id());
+    let error = AmqpBroker::connect("rabbit", &vhost_url(&missing), AmqpOptions::default())
+        .await
+        .expect_err("the vhost does not exist");
+    let message = error.to_string();
+    assert!(
+        message.contains("does not exist; create it (`rabbitmqctl add_vhost NAME`)"),
+        "{message}"
+    );
+
+    let vhost = OwnVhost::create("no-permissions");
+    rabbitmqctl(&["clear_permissions", "-p", &vhost.name, "guest"]);
+    let error = AmqpBroker::connect("rabbit", &vhost_url(&vhost.name), AmqpOptions::default())
+        .await
+        .expect_err("guest has no permissions on the vhost");
+    let message = error.to_string();
+    assert!(
+        message.contains("has no permissions on the virtual host in its URL")
+            && message.contains("rabbitmqctl set_permissions"),
+        "{message}"
+    );
 }
 
 /// Forwards connections from a loopback port to RabbitMQ, so that a test can
