@@ -278,6 +278,21 @@ fn no_case_files_is_an_error() {
     );
 }
 
+/// Case files without a manifest are a usage error, which exits 2 with the
+/// command's usage, as clap's own usage errors do.
+#[test]
+fn case_files_alone_are_usage_error() {
+    let case = repo_root().join("manifests/shop.test.toml");
+    let output = switchyard_test(&[&case]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no manifest given; name the manifests before the case files"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Usage: switchyard test"), "{stderr}");
+}
+
 /// Every case starts its handlers in fresh instances, so a handler's globals
 /// cannot carry state from one case into the next. The chaos guest logs how
 /// many calls its instance has served.

@@ -6,7 +6,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::handler::HandlerHost;
 use crate::manifest::{self, ManifestFile, Problem, Purpose, Severity};
@@ -337,7 +337,19 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
                 .is_some_and(|name| name.ends_with(crate::cases::file::SUFFIX))
         });
     if manifests.is_empty() {
-        anyhow::bail!("no manifest given; name the manifests before the case files");
+        // A usage error, so it exits 2 like the ones clap reports.
+        let mut command = Cli::command();
+        // Building gives the subcommand its full name for the usage line.
+        command.build();
+        let test = command
+            .find_subcommand_mut("test")
+            .expect("the command line has a `test` subcommand");
+        test.error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "no manifest given; name the manifests before the case files, such as \
+             `switchyard test manifests/shop.toml manifests/shop.test.toml`",
+        )
+        .exit();
     }
     let runtime = tokio::runtime::Runtime::new()?;
     let summary = runtime.block_on(crate::cases::run(&manifests, &case_files))?;
