@@ -61,7 +61,8 @@ pub struct RuntimeSection {
     /// Default `../handlers`.
     pub handlers: Option<String>,
     /// Folder for compiled handler components, relative to this manifest.
-    /// Default: `switchyard` under the user's cache folder.
+    /// Default `$XDG_CACHE_HOME/switchyard/components`, else
+    /// `~/.cache/switchyard/components`.
     #[schemars(with = "Option<String>")]
     pub cache: Option<Spanned<String>>,
     /// How long shutdown waits for in-flight events, such as `30s`.
@@ -122,12 +123,16 @@ pub struct BrokerDef {
     /// as `"client.id" = "switchyard"` or
     /// `"ssl.key.password" = "${KAFKA_KEY_PASSWORD}"`. Values are expanded
     /// like `url`. The properties that `tls` and `sasl` set, such as
-    /// `security.protocol`, must not be repeated here.
+    /// `security.protocol`, must not be repeated here, nor those that
+    /// switchyard sets itself, such as `acks` and `auto.offset.reset`
+    /// (`check` names them). `client.id` names the producer and the admin
+    /// client, while consumers name theirs after the consumer.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub options: BTreeMap<String, Spanned<String>>,
     /// How long a publish waits for the broker's confirm (AMQP) or delivery
-    /// report (Kafka), such as `5s`.
+    /// report (Kafka), such as `30s`. Default `5s` for `amqp` and `10s` for
+    /// `kafka`.
     #[schemars(with = "Option<String>")]
     pub confirm_timeout: Option<HumanDuration>,
     /// TLS settings. An `amqp` broker with this table needs an `amqps://`
@@ -350,7 +355,7 @@ pub struct TopicEventDef {
     #[schemars(with = "String")]
     pub event: Spanned<String>,
     /// Partition key of each record: a CloudEvents attribute (`id`,
-    /// `source`, `subject`, `type`) or a field of the event data, such as
+    /// `source`, `subject`, `type`, `time`) or a field of the event data, such as
     /// `data.customerId`. Records with the same key keep their order.
     /// Default: no key, so records spread over the partitions.
     #[schemars(with = "Option<String>")]
@@ -614,7 +619,8 @@ pub struct RetryDef {
     /// Handler calls for one event before it is dead-lettered. Default 5.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// Delay before the second call, doubled for each later one, such as `1s`.
+    /// Delay before the second call, doubled for each later one, such as
+    /// `500ms`. Default `1s`.
     #[schemars(with = "String")]
     #[serde(default = "default_backoff")]
     pub backoff: HumanDuration,
