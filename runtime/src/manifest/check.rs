@@ -401,7 +401,7 @@ fn queue_limits(
                     RABBITMQ_TTL_LIMIT.as_millis()
                 ),
             )
-            .at_entry(entry)
+            .at_key(entry, "message_ttl")
             .hint("set `message_ttl` to 49 days or less, or leave it out so messages do not expire"),
         );
     }
@@ -506,7 +506,7 @@ fn topics(manifest: &Manifest, problems: &mut Vec<Problem>) {
                         "invalid-value",
                         format!("topic `{name}` has `{key} = {value}`"),
                     )
-                    .at_entry(entry)
+                    .at_key(entry, key)
                     .hint(format!("set `{key}` to 1 or more")),
                 );
             }
@@ -733,7 +733,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "invalid-value",
                     format!("consumer `{name}` has `retry.max_attempts = 0`"),
                 )
-                .at_entry(entry)
+                .at_key(entry, "retry.max_attempts")
                 .hint("set at least 1: the number of handler calls for one event"),
             );
         }
@@ -743,7 +743,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "invalid-value",
                     format!("consumer `{name}` has `concurrency = 0`"),
                 )
-                .at_entry(entry)
+                .at_key(entry, "concurrency")
                 .hint("set at least 1: the number of handler calls running at once"),
             );
         }
@@ -753,7 +753,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "invalid-value",
                     format!("consumer `{name}` has `limits.timeout = \"0s\"`, so every call would time out"),
                 )
-                .at_entry(entry)
+                .at_key(entry, "limits.timeout")
                 .hint("set the deadline of one handler call above zero, such as `2s`"),
             );
         }
@@ -766,7 +766,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                         def.limits.memory.0
                     ),
                 )
-                .at_entry(entry)
+                .at_key(entry, "limits.memory")
                 .hint("set at least the memory the handler needs, such as `64MiB`"),
             );
         }
@@ -779,7 +779,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                         def.retry.backoff, def.retry.max_backoff, def.retry.max_backoff
                     ),
                 )
-                .at_entry(entry)
+                .at_key(entry, "retry.backoff")
                 .hint("lower `retry.backoff` or raise `retry.max_backoff`"),
             );
         }
@@ -789,7 +789,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                     "invalid-value",
                     format!("consumer `{name}` has `limits.calls_per_instance = 0`"),
                 )
-                .at_entry(entry)
+                .at_key(entry, "limits.calls_per_instance")
                 .hint("set at least 1: the calls one handler instance serves; 1 gives each call a fresh instance"),
             );
         }
@@ -805,7 +805,7 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                         def.limits.timeout
                     ),
                 )
-                .at_entry(entry)
+                .at_key(entry, "limits.timeout")
                 .hint("shorten `limits.timeout`, or raise `consumer_timeout` on the broker above it"),
             );
         }

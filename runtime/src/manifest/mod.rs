@@ -44,6 +44,9 @@ pub struct Entry<T> {
     /// Byte range of the entry's name in that file, such as `work` in
     /// `[queues.work]`.
     pub name_span: Option<std::ops::Range<usize>>,
+    /// Byte range of the value of each key written in the entry, by dotted
+    /// path such as `limits.timeout`. Keys left to their default are absent.
+    pub key_spans: BTreeMap<String, std::ops::Range<usize>>,
     pub def: T,
 }
 
@@ -417,6 +420,7 @@ fn merge(
         manifest.auth = runtime.auth.map(|auth| Entry {
             file: index,
             name_span: None,
+            key_spans: BTreeMap::new(),
             def: auth,
         });
     }
@@ -497,8 +501,8 @@ fn merge(
     );
 }
 
-/// Byte ranges of the entry names of one file, by `(kind, name)`.
-type NameSpans = BTreeMap<(&'static str, String), std::ops::Range<usize>>;
+/// Positions in the entries of one file, by `(kind, name)`.
+type NameSpans = BTreeMap<(&'static str, String), parse::EntrySpans>;
 
 fn insert_all<T>(
     target: &mut BTreeMap<String, Entry<T>>,
@@ -510,9 +514,11 @@ fn insert_all<T>(
     problems: &mut Vec<Problem>,
 ) {
     for (name, def) in defs {
+        let spans = names.get(&(kind, name.clone())).cloned();
         let entry = Entry {
             file: index,
-            name_span: names.get(&(kind, name.clone())).cloned(),
+            name_span: spans.as_ref().map(|spans| spans.name.clone()),
+            key_spans: spans.map(|spans| spans.keys).unwrap_or_default(),
             def,
         };
         if let Some(existing) = target.get(&name) {

@@ -30,8 +30,16 @@ pub(super) struct Parsed {
     /// such as `broker`, so references to them are not reported again. An
     /// unknown table is recorded as `("table", name)`.
     pub broken: Vec<(&'static str, String)>,
-    /// Byte range of each entry's name, by `(kind, name)`.
-    pub names: BTreeMap<(&'static str, String), Range<usize>>,
+    /// Positions in each entry, by `(kind, name)`.
+    pub names: BTreeMap<(&'static str, String), EntrySpans>,
+}
+
+/// Byte ranges in one entry: its name, such as `work` in `[queues.work]`,
+/// and the value of each key by dotted path, such as `limits.timeout`.
+#[derive(Clone, Debug, Default)]
+pub(super) struct EntrySpans {
+    pub name: Range<usize>,
+    pub keys: BTreeMap<String, Range<usize>>,
 }
 
 /// Parses a manifest, returning what parsed and a problem for each table
@@ -165,7 +173,7 @@ fn entries<T: DeserializeOwned>(
     value: Spanned<DeValue<'_>>,
     problems: &mut Vec<Problem>,
     broken: &mut Vec<(&'static str, String)>,
-    names: &mut BTreeMap<(&'static str, String), Range<usize>>,
+    names: &mut BTreeMap<(&'static str, String), EntrySpans>,
 ) -> BTreeMap<String, T> {
     let span = value.span();
     let DeValue::Table(table) = value.into_inner() else {
@@ -178,9 +186,13 @@ fn entries<T: DeserializeOwned>(
     };
     let mut parsed = BTreeMap::new();
     for (name, entry) in table {
-        let span = name.span();
+        let mut spans = EntrySpans {
+            name: name.span(),
+            keys: BTreeMap::new(),
+        };
+        value_spans(&entry, "", &mut spans.keys);
         let name = name.into_inner().into_owned();
-        names.insert((kind, name.clone()), span);
+        names.insert((kind, name.clone()), spans);
         match one(file, entry, problems) {
             Some(def) => {
                 parsed.insert(name, def);
@@ -189,6 +201,27 @@ fn entries<T: DeserializeOwned>(
         }
     }
     parsed
+}
+
+/// Records the byte range of the value of every key under `value`, by
+/// dotted path from `prefix`.
+fn value_spans(
+    value: &Spanned<DeValue<'_>>,
+    prefix: &str,
+    out: &mut BTreeMap<String, Range<usize>>,
+) {
+    let DeValue::Table(table) = value.get_ref() else {
+        return;
+    };
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        out.insert(path.clone(), value.span());
+        value_spans(value, &path, out);
+    }
 }
 
 /// Turns a TOML or serde error into a problem with a code and a hint.

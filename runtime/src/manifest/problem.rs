@@ -66,6 +66,19 @@ impl Problem {
         self
     }
 
+    /// Points the problem at the value of `key` (a dotted path such as
+    /// `limits.timeout`) in an entry, or at the entry's name when the key
+    /// is not written there.
+    pub fn at_key<T>(mut self, entry: &super::Entry<T>, key: &str) -> Self {
+        self.file = Some(entry.file);
+        self.span = entry
+            .key_spans
+            .get(key)
+            .or(entry.name_span.as_ref())
+            .cloned();
+        self
+    }
+
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self

@@ -270,6 +270,40 @@ retry = {{ backoff = "10m", max_backoff = "1m" }}
     }
 }
 
+/// A problem with a value points at the value, in an inline table and in a
+/// subtable alike, not at the entry's name.
+#[test]
+fn value_problems_point_at_value() {
+    let text = format!(
+        r#"{BASE}
+[consumers.c]
+queue = "work"
+handler = "h.wasm"
+concurrency = 0
+retry = {{ max_attempts = 0 }}
+
+[consumers.c.limits]
+timeout = "0s"
+"#
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    let rendered = loaded.render();
+    let line_of = |prefix: &str| text.lines().position(|l| l.starts_with(prefix)).unwrap() + 1;
+    let expected = [
+        ("`concurrency = 0`", (line_of("concurrency"), 15)),
+        ("`retry.max_attempts = 0`", (line_of("retry"), 26)),
+        ("`limits.timeout = \"0s\"`", (line_of("timeout"), 11)),
+    ];
+    for (message, at) in expected {
+        let index = loaded
+            .problems
+            .iter()
+            .position(|problem| problem.message.contains(message))
+            .unwrap_or_else(|| panic!("{message}:\n{rendered}"));
+        assert_eq!(position(&loaded, index), at, "{message}:\n{rendered}");
+    }
+}
+
 #[test]
 fn empty_names_rejected() {
     let text = format!(
