@@ -38,8 +38,9 @@ mod bindings {
 
 use bindings::switchyard::handler::{host, types};
 
-/// How often the epoch advances; deadlines are checked at this granularity.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch advances. A guest that computes without calling the
+/// host is checked against its deadline at this granularity.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Bytes of each guest linear memory and table that are zeroed in place and
 /// kept resident when an instance is dropped: one 64 KiB wasm page.
 const KEEP_RESIDENT: usize = 64 * 1024;

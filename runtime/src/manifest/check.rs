@@ -757,6 +757,24 @@ fn consumers(manifest: &Manifest, purpose: Purpose, problems: &mut Vec<Problem>)
                 .hint("set the deadline of one handler call above zero, such as `2s`"),
             );
         }
+        let timeout = def.limits.timeout.0;
+        if !timeout.is_zero() && timeout < crate::handler::EPOCH_TICK {
+            problems.push(
+                Problem::warning(
+                    "deadline-below-tick",
+                    format!(
+                        "consumer `{name}` has `limits.timeout = \"{}\"`, but a handler that computes is checked against its deadline every {} ms, so it can run that long",
+                        def.limits.timeout,
+                        crate::handler::EPOCH_TICK.as_millis()
+                    ),
+                )
+                .at_key(entry, "limits.timeout")
+                .hint(format!(
+                    "set `limits.timeout` to {} ms or more",
+                    crate::handler::EPOCH_TICK.as_millis()
+                )),
+            );
+        }
         if def.limits.memory.0 < WASM_PAGE {
             problems.push(
                 Problem::error(

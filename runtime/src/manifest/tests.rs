@@ -270,6 +270,29 @@ retry = {{ backoff = "10m", max_backoff = "1m" }}
     }
 }
 
+/// A deadline shorter than the epoch tick cannot be kept for a handler that
+/// computes, so it is a warning.
+#[test]
+fn deadline_below_tick_warned() {
+    let text = format!(
+        r#"{BASE}
+[consumers.c]
+queue = "work"
+handler = "h.wasm"
+limits = {{ timeout = "500us" }}
+"#
+    );
+    let loaded = load_texts(&[&text], Purpose::Run);
+    let rendered = loaded.render();
+    // No event reaches the queue, hence also `unfed-consumer`.
+    assert_eq!(
+        codes(&loaded),
+        ["deadline-below-tick", "unfed-consumer"],
+        "{rendered}"
+    );
+    assert!(rendered.contains("every 10 ms"), "{rendered}");
+}
+
 /// A problem with a value points at the value, in an inline table and in a
 /// subtable alike, not at the entry's name.
 #[test]
