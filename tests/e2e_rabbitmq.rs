@@ -10,7 +10,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use switchyard_tests::shop::{self, DEAD_LETTERED, HANDLED, PUBLISHED};
+use switchyard_tests::shop::{self, DEAD_LETTERED, HANDLED, PUBLISHED, QUEUE_DEPTH};
 use switchyard_tests::{
     BrokerMode, RabbitMq, ReceivedMessage, Switchyard, component, rabbitmq, serial, shop_manifest,
 };
@@ -371,14 +371,18 @@ async fn unroutable_publish_kept() -> anyhow::Result<()> {
     let rabbit = rabbitmq();
     let dir = tempfile::tempdir()?;
     let process = start_shop(&dir).await?;
-    process.stop_cleanly().await?;
 
     // No binding of `events` matches this key, so the alternate exchange
-    // `unroutable` keeps the message.
+    // `unroutable` keeps the message, and the queue's depth counts it.
     let body = br#"{"note": "nobody listens"}"#;
     rabbit
         .publish("events", "nobody.listens", body, BasicProperties::default())
         .await?;
+    let labels = [("broker", "rabbit"), ("queue", "unroutable")];
+    process
+        .wait_for_count(QUEUE_DEPTH, &labels, 1, TIMEOUT)
+        .await?;
+    process.stop_cleanly().await?;
     let unroutable = rabbit.drain("unroutable").await?;
     assert_eq!(
         unroutable.len(),

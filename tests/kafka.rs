@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use switchyard_tests::shop::HANDLED;
+use switchyard_tests::shop::{CONSUMER_LAG, HANDLED};
 use switchyard_tests::{
     BrokerMode, KafkaRecord, LogLine, OutgoingRecord, Switchyard, Tansu, poll, rabbitmq, repo_root,
     run_plan, serial, shop_manifest, streaming_manifest,
@@ -138,6 +138,21 @@ async fn streaming_end_to_end() -> anyhow::Result<()> {
     let committed = wait_for_commits(&tansu, "analytics", "analytics", &records).await?;
     let committed_total: i64 = committed.iter().map(|(_, offset)| offset).sum();
     assert_eq!(committed_total, 20, "committed offsets {committed:?}");
+
+    // With every offset committed, librdkafka's next statistics put the lag
+    // of each of the three partitions at 0.
+    let labels = [("group", "analytics"), ("topic", "analytics")];
+    process
+        .wait_for_metrics(
+            "the lag of all three partitions at 0",
+            CONSUMER_LAG,
+            TIMEOUT,
+            |metrics| {
+                metrics.series_count(CONSUMER_LAG, &labels) == 3
+                    && metrics.value(CONSUMER_LAG, &labels) == 0.0
+            },
+        )
+        .await?;
 
     process.stop_cleanly().await?;
     Ok(())

@@ -596,6 +596,19 @@ impl BrokerStart {
             queues = self.topology.queues.len(), bindings = self.topology.bindings.len(),
             topics = self.topology.topics.len(), "topology provisioned");
 
+        if !self.topology.queues.is_empty() {
+            tokio::spawn(sample_queue_depths(
+                self.name.clone(),
+                broker.clone(),
+                self.topology
+                    .queues
+                    .iter()
+                    .map(|queue| queue.name.clone())
+                    .collect(),
+                self.shutdown.clone(),
+            ));
+        }
+
         let mut running = tokio::task::JoinSet::new();
         for mut consumer in self.consumers {
             consumer.broker = broker.clone();
@@ -664,6 +677,46 @@ const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 ///
 /// NOTE: the state is sampled every `CONNECTION_CHECK_INTERVAL`, so a loss
 /// and recovery within one interval is not counted.
+/// How often the ready messages of each queue are read for
+/// `switchyard_queue_depth`.
+const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Publishes the ready messages of each queue of a broker as a gauge, read
+/// every [`QUEUE_DEPTH_INTERVAL`] until shutdown. A queue whose depth cannot
+/// be read keeps its last value.
+async fn sample_queue_depths(
+    broker_name: String,
+    broker: Arc<dyn Broker>,
+    queues: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    let gauges: Vec<(String, metrics::Gauge)> = queues
+        .into_iter()
+        .map(|queue| {
+            let gauge = metrics::gauge!(telemetry::QUEUE_DEPTH,
+                "broker" => broker_name.clone(), "queue" => queue.clone());
+            (queue, gauge)
+        })
+        .collect();
+    loop {
+        for (queue, gauge) in &gauges {
+            if !broker.is_connected() {
+                break;
+            }
+            match broker.queue_depth(queue).await {
+                Ok(depth) => gauge.set(f64::from(depth)),
+                Err(err) => {
+                    tracing::debug!(broker = %broker_name, queue, error = %err, "cannot read queue depth");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(QUEUE_DEPTH_INTERVAL) => {}
+        }
+    }
+}
+
 async fn watch_connection(
     name: String,
     broker: Arc<dyn Broker>,

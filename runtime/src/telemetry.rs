@@ -26,6 +26,8 @@ pub const BROKER_RECONNECTS: &str = "switchyard_broker_reconnects_total";
 pub const PREFETCH_UTILIZATION: &str = "switchyard_consumer_prefetch_utilization_ratio";
 pub const LIMIT_HITS: &str = "switchyard_handler_limit_hits_total";
 pub const HANDLER_DENIALS: &str = "switchyard_handler_denials_total";
+pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
+pub const CONSUMER_LAG: &str = "switchyard_consumer_lag";
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

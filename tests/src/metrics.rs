@@ -39,6 +39,12 @@ impl Metrics {
             .sum()
     }
 
+    /// Returns how many series of `name` have labels that include all of
+    /// `labels`.
+    pub fn series_count(&self, name: &str, labels: &[(&str, &str)]) -> usize {
+        self.matching(name, labels).count()
+    }
+
     /// Returns `value` as a whole number of events.
     pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let value = self.value(name, labels);

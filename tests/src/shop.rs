@@ -15,6 +15,8 @@ pub const PUBLISHED: &str = "switchyard_events_published_total";
 pub const HANDLED: &str = "switchyard_events_handled_total";
 pub const DEAD_LETTERED: &str = "switchyard_events_dead_lettered_total";
 pub const DURATION_COUNT: &str = "switchyard_handler_duration_seconds_count";
+pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
+pub const CONSUMER_LAG: &str = "switchyard_consumer_lag";
 
 /// Maximum wait for the handlers to finish the flow's events.
 const FLOW_TIMEOUT: Duration = Duration::from_secs(30);

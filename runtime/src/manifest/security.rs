@@ -165,7 +165,7 @@ fn amqps_url(
 
 /// librdkafka properties that switchyard sets on its Kafka clients, over any
 /// value in `options`, each with what decides the value instead.
-const KAFKA_RUNTIME_PROPERTIES: [(&str, &str); 10] = [
+const KAFKA_RUNTIME_PROPERTIES: [(&str, &str); 11] = [
     (
         "enable.idempotence",
         "the producer is always idempotent, so a retried send is not written twice",
@@ -205,6 +205,10 @@ const KAFKA_RUNTIME_PROPERTIES: [(&str, &str); 10] = [
     (
         "max.poll.interval.ms",
         "switchyard derives it from each consumer's `limits.timeout` and `retry`",
+    ),
+    (
+        "statistics.interval.ms",
+        "consumers report statistics every 5 s for `switchyard_consumer_lag`",
     ),
 ];
 

@@ -3,21 +3,52 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{ClientConfig, ClientContext, Statistics};
 
 use super::record_message;
 use crate::broker::{BrokerError, Record, SubscribeOptions, TopicReader};
+use crate::telemetry;
 
 /// How often librdkafka commits the offsets stored by `commit`.
 const AUTO_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often librdkafka reports its statistics, which give the lag.
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
+
 pub(super) struct KafkaReader {
     broker: String,
     topic: String,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
 }
+
+/// Publishes the lag of a member's partitions, from the statistics that
+/// librdkafka reports every [`STATISTICS_INTERVAL`].
+struct LagContext {
+    group: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, topic_stats) in &statistics.topics {
+            for (partition, partition_stats) in &topic_stats.partitions {
+                // Partition -1 is librdkafka's internal one. A negative lag
+                // is unknown, as for a partition that this member does not read.
+                if *partition < 0 || partition_stats.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(telemetry::CONSUMER_LAG,
+                    "group" => self.group.clone(),
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string())
+                .set(partition_stats.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 impl KafkaReader {
     /// Joins the group on `topic`. Offsets are stored only by `commit` and
@@ -41,11 +72,21 @@ impl KafkaReader {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("allow.auto.create.topics", "false")
-            .set("max.poll.interval.ms", &max_poll_ms);
-        let consumer: StreamConsumer = config.create().map_err(|err| BrokerError::Unreachable {
-            broker: broker.to_owned(),
-            reason: format!("cannot create a consumer for topic `{topic}`: {err}"),
-        })?;
+            .set("max.poll.interval.ms", &max_poll_ms)
+            .set(
+                "statistics.interval.ms",
+                STATISTICS_INTERVAL.as_millis().to_string(),
+            );
+        let context = LagContext {
+            group: options.group.clone(),
+        };
+        let consumer: StreamConsumer<LagContext> =
+            config
+                .create_with_context(context)
+                .map_err(|err| BrokerError::Unreachable {
+                    broker: broker.to_owned(),
+                    reason: format!("cannot create a consumer for topic `{topic}`: {err}"),
+                })?;
         consumer.subscribe(&[topic]).map_err(|err| {
             BrokerError::Protocol(format!("cannot subscribe to `{topic}`: {err}"))
         })?;
