@@ -40,23 +40,30 @@ fn ok(consumer: &str) -> [(&str, &str); 2] {
     [("consumer", consumer), ("outcome", "ok")]
 }
 
-#[tokio::test]
-async fn streaming_end_to_end() -> anyhow::Result<()> {
-    let _serial = serial().await;
-    let dir = tempfile::tempdir()?;
-    let tansu = Tansu::start(dir.path()).await?;
+/// Starts tansu, then switchyard with shop.toml and streaming.toml on
+/// RabbitMQ and that tansu.
+async fn start_shop_and_streaming(dir: &Path) -> anyhow::Result<(Tansu, Switchyard)> {
+    let tansu = Tansu::start(dir).await?;
     let manifests = [shop_manifest(), streaming_manifest()];
     rabbitmq()
         .reset(&[manifests[0].as_path(), manifests[1].as_path()])
         .await?;
     let bootstrap = tansu.bootstrap();
     let process = Switchyard::start_with_env(
-        dir.path(),
+        dir,
         &manifests,
         BrokerMode::RabbitMq,
         &[("KAFKA_BOOTSTRAP", &bootstrap)],
     )
     .await?;
+    Ok((tansu, process))
+}
+
+#[tokio::test]
+async fn streaming_end_to_end() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir()?;
+    let (tansu, process) = start_shop_and_streaming(dir.path()).await?;
 
     let readiness: Value = process.get("/readyz").await?.json().await?;
     for check in [
@@ -153,8 +160,40 @@ async fn streaming_end_to_end() -> anyhow::Result<()> {
             },
         )
         .await?;
-
     process.stop_cleanly().await?;
+    Ok(())
+}
+
+/// With the Kafka broker gone, an order still reaches RabbitMQ, its first
+/// target, so the 503 names where the event went instead of saying that
+/// nothing was published.
+#[tokio::test]
+async fn partial_publish_named_in_503() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir()?;
+    let (tansu, process) = start_shop_and_streaming(dir.path()).await?;
+    drop(tansu);
+
+    let body = json!({
+        "customerId": "c-1",
+        "items": [{ "productId": "p-1", "quantity": 1 }],
+        "total": 10.0,
+    });
+    let response = process.post_json("/orders", &body).await?;
+    let status = response.status();
+    let problem: Value = response.json().await?;
+    assert_eq!(status, 503, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("the event was already published to exchange `events` on broker `rabbit`"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("a retry publishes it there again"),
+        "{detail}"
+    );
+    assert!(!detail.contains("nothing was published"), "{detail}");
+    // The broker is gone, so the process is killed rather than stopped.
     Ok(())
 }
 

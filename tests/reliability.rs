@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use switchyard_tests::load::{self, LoadPlan, LoadReport};
 use switchyard_tests::shop::{self, DEAD_LETTERED, HANDLED, PUBLISHED};
 use switchyard_tests::{
-    BrokerMode, ChaosCall, ChaosConsumer, LogLine, Switchyard, chaos_manifest, component, poll,
-    queues_only_manifest, rabbitmq, serial, shop_manifest, switchyard_binary,
+    BrokerMode, ChaosCall, ChaosConsumer, LogLine, ScopedVhost, Switchyard, chaos_manifest,
+    component, poll, queues_only_manifest, rabbitmq, serial, shop_manifest, switchyard_binary,
 };
 
 /// Maximum wait for the handlers to finish a backlog of a few hundred events.
@@ -453,6 +453,28 @@ async fn publish_cli_fails_without_broker() -> anyhow::Result<()> {
         );
     }
     holder.abort();
+    Ok(())
+}
+
+/// `publish` declares nothing, so on an empty vhost it names `up` as the
+/// fix.
+#[tokio::test]
+async fn publish_cli_before_up_names_fix() -> anyhow::Result<()> {
+    let vhost = ScopedVhost::create("publish-before-up")?;
+    let url = format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost.name);
+    let run = publish_cli(&url).await?;
+    assert_eq!(run.code, Some(1), "exit code: {}", run.stderr);
+    assert!(
+        run.stderr.contains("exchange `events` not found"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("run `switchyard up` with these manifests once first"),
+        "{}",
+        run.stderr
+    );
     Ok(())
 }
 

@@ -250,8 +250,13 @@ async fn accept(state: &Ingress, producer: &Producer, request: Request) -> Resul
     state.publisher.publish(&event).await.map_err(|err| {
         tracing::warn!(producer = %producer.name, event_id = %event.id, error = %err, "publish failed");
         match err {
-            PublishError::Broker(err) if err.is_transient() => unavailable(&err.to_string()),
-            PublishError::NoBroker(_) => unavailable(&err.to_string()),
+            PublishError::Partial { .. } if err.is_transient() => unavailable(&format!(
+                "{err}, so a retry publishes it there again as a new event with a new id; \
+                 retry later"
+            )),
+            _ if err.is_transient() => {
+                unavailable(&format!("{err}; nothing was published, retry later"))
+            }
             other => problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal Server Error",
@@ -454,7 +459,7 @@ fn unavailable(detail: &str) -> Response {
     let mut response = problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "Service Unavailable",
-        &format!("{detail}; nothing was published, retry later"),
+        detail,
         None,
     );
     response

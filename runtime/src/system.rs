@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::embedded::EmbeddedBroker;
-use crate::broker::{Broker, Deferred};
+use crate::broker::{Broker, BrokerError, Deferred};
 use crate::dispatch::{
-    self, Consumer, ConsumerMetrics, Destination, Input, Publisher, QueueInput, RetryPolicy, Route,
-    Services, TopicInput,
+    self, Consumer, ConsumerMetrics, Destination, Input, PublishError, Publisher, QueueInput,
+    RetryPolicy, Route, Services, TopicInput,
 };
 use crate::event::WireFormat;
 use crate::handler::{CallContext, Grants, HandlerHost, Limits};
@@ -455,12 +455,16 @@ pub async fn publish_once(
     let mut brokers: HashMap<String, Arc<dyn Broker>> = HashMap::new();
     for route in routes.get(event_type).into_iter().flatten() {
         if !brokers.contains_key(&route.broker) {
+            let address = match manifest.brokers.get(&route.broker).map(|b| b.def.kind) {
+                Some(BrokerKind::Kafka) => "bootstrap",
+                _ => "url",
+            };
             let broker = connect_once(&manifest, &route.broker)
                 .await
                 .with_context(|| {
                     format!(
-                        "event not published (start broker `{}` or correct its `url` in \
-                         the manifest)",
+                        "event not published (start broker `{}` or correct its `{address}` \
+                         in the manifest)",
                         route.broker
                     )
                 })?;
@@ -473,7 +477,14 @@ pub async fn publish_once(
     Publisher::new(brokers, routes)
         .publish(&event)
         .await
-        .context("event not published")?;
+        .map_err(|err| match err {
+            PublishError::Partial { .. } => anyhow::anyhow!("event only partly published: {err}"),
+            PublishError::Broker(BrokerError::NotFound { .. }) => anyhow::anyhow!(
+                "event not published: {err}; `publish` does not declare the topology, so run \
+                 `switchyard up` with these manifests once first"
+            ),
+            other => anyhow::Error::new(other).context("event not published"),
+        })?;
     Ok(event)
 }
 

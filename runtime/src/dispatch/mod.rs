@@ -90,6 +90,26 @@ pub enum PublishError {
     NoBroker(String),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A later target failed after earlier ones had confirmed the event.
+    #[error("{error}; the event was already published to {}", published.join(" and "))]
+    Partial {
+        /// The confirmed targets, such as "exchange `events` on broker `rabbit`".
+        published: Vec<String>,
+        error: BrokerError,
+    },
+}
+
+impl PublishError {
+    /// Reports whether publishing again later can succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PublishError::NoRoute(_) => false,
+            PublishError::NoBroker(_) => true,
+            PublishError::Broker(error) | PublishError::Partial { error, .. } => {
+                error.is_transient()
+            }
+        }
+    }
 }
 
 /// Publishes events to every target of their type, waiting for confirms.
@@ -126,12 +146,13 @@ impl Publisher {
             .get(&event.event_type)
             .filter(|routes| !routes.is_empty())
             .ok_or_else(|| PublishError::NoRoute(event.event_type.clone()))?;
+        let mut published = Vec::new();
         for route in routes {
             let broker = self
                 .brokers
                 .get(&route.broker)
                 .ok_or_else(|| PublishError::NoBroker(route.broker.clone()))?;
-            match &route.destination {
+            let (target, result) = match &route.destination {
                 Destination::Exchange {
                     exchange,
                     routing_key,
@@ -139,7 +160,8 @@ impl Publisher {
                 } => {
                     let key = routing_key.as_deref().unwrap_or(&event.event_type);
                     let message = event::encode(event, *format, key);
-                    broker.publish(exchange, message).await?;
+                    let target = format!("exchange `{exchange}` on broker `{}`", route.broker);
+                    (target, broker.publish(exchange, message).await)
                 }
                 Destination::Topic { topic, key } => {
                     let mut message = event::encode(event, WireFormat::KafkaBinary, "");
@@ -147,9 +169,17 @@ impl Publisher {
                         .as_ref()
                         .and_then(|key| partition_key(event, key))
                         .map(Bytes::from);
-                    broker.produce(topic, message).await?;
+                    let target = format!("topic `{topic}` on broker `{}`", route.broker);
+                    (target, broker.produce(topic, message).await)
                 }
+            };
+            if let Err(error) = result {
+                if published.is_empty() {
+                    return Err(PublishError::Broker(error));
+                }
+                return Err(PublishError::Partial { published, error });
             }
+            published.push(target);
             metrics::counter!(
                 telemetry::EVENTS_PUBLISHED,
                 "event_type" => event.event_type.clone(),
