@@ -198,6 +198,7 @@ fn case_reports_its_own_code() {
             // other.
             &["unpublished-event", "unpublished-event"][..],
         ),
+        ("shared-queue", &["shared-queue"][..]),
         ("unread-queue", &["unread-queue"][..]),
         ("unrouted-event", &["unrouted-event"][..]),
         (

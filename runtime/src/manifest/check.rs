@@ -38,6 +38,7 @@ pub(super) fn references(manifest: &Manifest, purpose: Purpose, problems: &mut V
     events(manifest, problems);
     producers(manifest, problems);
     consumers(manifest, purpose, problems);
+    shared_queues(manifest, problems);
     credentials(manifest, problems);
     auth(manifest, problems);
     super::routes::routes(manifest, problems);
@@ -682,6 +683,41 @@ fn producers(manifest: &Manifest, problems: &mut Vec<Problem>) {
                     .push(Problem::error("invalid-route", message).at(entry.file, def.http.span()));
             }
         }
+    }
+}
+
+/// Warns about a queue that consumers with different handlers read. They
+/// compete for its messages, so each handler sees only some of the events.
+fn shared_queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    let mut first_reader: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for (name, entry) in &manifest.consumers {
+        let Some(queue) = &entry.def.queue else {
+            continue;
+        };
+        let handler = entry.def.handler.get_ref().as_str();
+        let Some((other, other_handler)) = first_reader.get(queue.get_ref().as_str()).copied()
+        else {
+            first_reader.insert(queue.get_ref(), (name, handler));
+            continue;
+        };
+        if other_handler == handler {
+            continue;
+        }
+        problems.push(
+            Problem::warning(
+                "shared-queue",
+                format!(
+                    "consumers `{other}` and `{name}` both read queue `{}` with different \
+                     handlers, so each handler gets only some of its events",
+                    queue.get_ref()
+                ),
+            )
+            .at(entry.file, queue.span())
+            .hint(
+                "give each consumer a queue of its own, bound to the same events, so that \
+                 every handler gets every event",
+            ),
+        );
     }
 }
 
