@@ -188,6 +188,7 @@ fn case_reports_its_own_code() {
         ("undefined-event", &["undefined-event"][..]),
         ("undefined-exchange", &["undefined-exchange"][..]),
         ("undefined-queue", &["undefined-queue"][..]),
+        ("undeclared-key-field", &["undeclared-key-field"][..]),
         ("undefined-variable", &["undefined-variable"][..]),
         ("unfed-consumer", &["unfed-consumer"][..]),
         ("unknown-key", &["unknown-key"][..]),

@@ -13,7 +13,7 @@ use serde_json::Value;
 pub mod compat;
 mod refs;
 
-use crate::manifest::{Manifest, Problem};
+use crate::manifest::{Manifest, PartitionKey, Problem, closest, parse_partition_key};
 
 /// One violation of an event schema.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -105,6 +105,7 @@ impl Schemas {
                             "fix the example or the schema; examples document valid events",
                         )));
                     }
+                    undeclared_key_fields(manifest, event_type, &path, &mut problems);
                     schemas.by_type.insert(event_type.clone(), Arc::new(schema));
                 }
                 Err((code, message, hint)) => {
@@ -114,6 +115,71 @@ impl Schemas {
         }
         (schemas, problems)
     }
+}
+
+/// Warns about a topic's `data.` partition key that names a field the
+/// event's schema does not declare: records without that field get no key,
+/// so records of one entity lose their order.
+fn undeclared_key_fields(
+    manifest: &Manifest,
+    event_type: &str,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) {
+    for (topic_name, topic) in &manifest.topics {
+        for target in &topic.def.events {
+            let Some(key) = &target.key else {
+                continue;
+            };
+            if target.event.get_ref() != event_type {
+                continue;
+            }
+            let Ok(PartitionKey::Data(fields)) = parse_partition_key(key.get_ref()) else {
+                continue;
+            };
+            let Some(schema) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            else {
+                return;
+            };
+            let Some((missing, declared)) = undeclared_field(&schema, &fields) else {
+                continue;
+            };
+            let hint = match closest(missing, &declared) {
+                Some(candidate) => format!("did you mean `{candidate}`?"),
+                None => "declare the field in the event's schema, or correct the key".to_owned(),
+            };
+            problems.push(
+                Problem::warning(
+                    "undeclared-key-field",
+                    format!(
+                        "partition key `{}` of event `{event_type}` on topic `{topic_name}` \
+                         names `{missing}`, which the event's schema does not declare, so \
+                         records without it get no key and lose their order",
+                        key.get_ref()
+                    ),
+                )
+                .at(topic.file, key.span())
+                .hint(hint),
+            );
+        }
+    }
+}
+
+/// Follows `fields` through the `properties` of `schema`. Returns the first
+/// field that a level with `properties` does not list, with the fields it
+/// lists. A level without `properties`, such as a `$ref`, is not judged.
+fn undeclared_field<'a>(schema: &Value, fields: &'a [String]) -> Option<(&'a str, Vec<String>)> {
+    let mut current = schema;
+    for field in fields {
+        let properties = current.get("properties")?.as_object()?;
+        match properties.get(field) {
+            Some(next) => current = next,
+            None => return Some((field, properties.keys().cloned().collect())),
+        }
+    }
+    None
 }
 
 /// The reason data did not pass its schema.
