@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use switchyard_tests::{repo_root, switchyard_binary};
+use switchyard_tests::{ChaosConsumer, chaos_manifest, repo_root, switchyard_binary};
 
 /// Environment variable that rewrites the expected files instead of
 /// comparing with them.
@@ -110,4 +110,19 @@ fn every_consumer_of_an_event_named() {
         "inventory-service does not read user.created:\n{output}"
     );
     assert!(output.ends_with("--- exit code 0\n"), "{output}");
+}
+
+/// With `max_attempts = 1` there is no retry, so the output describes no
+/// backoff.
+#[test]
+fn single_attempt_has_no_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = ChaosConsumer::new("once", "order.placed", "ok").max_attempts(1);
+    let manifest = chaos_manifest(dir.path(), &[consumer]).unwrap();
+    let output = explain(&[manifest.to_str().unwrap(), "order.placed"]);
+    assert!(
+        output.contains("on failure: one attempt only, no retry"),
+        "{output}"
+    );
+    assert!(!output.contains("up to 1 attempts"), "{output}");
 }

@@ -181,14 +181,16 @@ fn explain_queue(
             consumer.prefetch,
             consumer.concurrency
         );
-        let _ = writeln!(
-            out,
-            "{indent}      on failure: up to {} attempts, {} backoff doubling to {}, waiting in `{}`",
-            consumer.retry.max_attempts,
-            consumer.retry.backoff,
-            consumer.retry.max_backoff,
-            topology::retry_queue_name(queue)
-        );
+        let _ = match consumer.retry.max_attempts {
+            1 => writeln!(out, "{indent}      on failure: one attempt only, no retry"),
+            attempts => writeln!(
+                out,
+                "{indent}      on failure: up to {attempts} attempts, {} backoff doubling to {}, waiting in `{}`",
+                consumer.retry.backoff,
+                consumer.retry.max_backoff,
+                topology::retry_queue_name(queue)
+            ),
+        };
         match &def.dead_letter {
             Some(dead_letter) => {
                 let exchange = dead_letter.exchange.get_ref();
@@ -241,14 +243,18 @@ fn explain_topic_consumers(manifest: &Manifest, topic: &str, out: &mut String) -
             "    consumer `{name}` in group `{group}` runs `{}`, one record at a time per partition",
             consumer.handler.get_ref()
         );
-        let _ = writeln!(
-            out,
-            "      on failure: up to {} attempts in place, {} backoff doubling to {}, then the dead-letter topic `{}`",
-            consumer.retry.max_attempts,
-            consumer.retry.backoff,
-            consumer.retry.max_backoff,
-            topology::dead_letter_topic(manifest, topic)
-        );
+        let dead_letters = topology::dead_letter_topic(manifest, topic);
+        let _ = match consumer.retry.max_attempts {
+            1 => writeln!(
+                out,
+                "      on failure: one attempt only, then the dead-letter topic `{dead_letters}`"
+            ),
+            attempts => writeln!(
+                out,
+                "      on failure: up to {attempts} attempts in place, {} backoff doubling to {}, then the dead-letter topic `{dead_letters}`",
+                consumer.retry.backoff, consumer.retry.max_backoff,
+            ),
+        };
     }
     readers.len()
 }

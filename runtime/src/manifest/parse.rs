@@ -125,6 +125,11 @@ pub(super) fn parse(file: usize, text: &str) -> Parsed {
             other => {
                 let known: Vec<String> = SECTIONS.iter().map(|s| (*s).to_owned()).collect();
                 let hint = match closest(other, &known) {
+                    // `[[case]]` tables belong in case files, which `test`
+                    // recognises by their `.test.toml` suffix.
+                    _ if other == "case" => "this looks like a case file of `switchyard test`; \
+                                             name it `<name>.test.toml`"
+                        .to_owned(),
                     Some(candidate) => format!("did you mean `[{candidate}]`?"),
                     None => format!("the tables of a manifest are {}", SECTIONS.join(", ")),
                 };

@@ -270,6 +270,19 @@ retry = {{ backoff = "10m", max_backoff = "1m" }}
     }
 }
 
+/// A case file given as a manifest gets a hint about the file name that
+/// `switchyard test` goes by.
+#[test]
+fn case_table_in_manifest_names_suffix() {
+    let loaded = load_texts(&["[[case]]\nname = \"x\"\n"], Purpose::Check);
+    let rendered = loaded.render();
+    assert_eq!(codes(&loaded), ["unknown-key"], "{rendered}");
+    assert!(
+        rendered.contains("name it `<name>.test.toml`"),
+        "{rendered}"
+    );
+}
+
 /// A deadline shorter than the epoch tick cannot be kept for a handler that
 /// computes, so it is a warning.
 #[test]
