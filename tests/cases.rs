@@ -168,6 +168,15 @@ event = "user.created"
     );
 }
 
+const LOOP_CASE: &str = r#"
+[[case]]
+name = "handler that emits its own input"
+event = "order.placed"
+data = { orderId = "o-1", customerId = "c-1", total = 5.0, items = [{ productId = "p-1", quantity = 1 }] }
+"#;
+
+/// A handler that emits its own input is stopped by the emit depth, as in
+/// `up`: 32 calls, then the next event is dead-lettered.
 #[test]
 fn emitted_loop_is_stopped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,16 +185,27 @@ fn emitted_loop_is_stopped_and_reported() {
         &[ChaosConsumer::new("loops", "order.placed", "emit").config("emit-type", "order.placed")],
     )
     .unwrap();
-    let cases = write_case_file(
-        dir.path(),
-        "loop.test.toml",
-        r#"
-[[case]]
-name = "handler that emits its own input"
-event = "order.placed"
-data = { orderId = "o-1", customerId = "c-1", total = 5.0, items = [{ productId = "p-1", quantity = 1 }] }
-"#,
+    let cases = write_case_file(dir.path(), "loop.test.toml", LOOP_CASE);
+    let output = switchyard_test(&[&manifest, &cases]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("stopped: emitted events loop, and the event 32 handler calls deep"),
+        "{text}"
     );
+    // 33 calls, the first 20 of them shown.
+    assert!(text.contains("... and 13 more handler calls"), "{text}");
+}
+
+/// Two handlers that each emit the input double the events at every step,
+/// so the call limit stops the case before the emit depth does.
+#[test]
+fn branching_loop_stopped_by_call_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let emitter =
+        |name| ChaosConsumer::new(name, "order.placed", "emit").config("emit-type", "order.placed");
+    let manifest = chaos_manifest(dir.path(), &[emitter("left"), emitter("right")]).unwrap();
+    let cases = write_case_file(dir.path(), "loop.test.toml", LOOP_CASE);
     let output = switchyard_test(&[&manifest, &cases]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");

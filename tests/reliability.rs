@@ -785,3 +785,50 @@ async fn sustained_load_long_run() -> anyhow::Result<()> {
     };
     run_shop_load(plan, Duration::from_secs(600)).await
 }
+
+/// In `up`, a handler that emits its own input stops after 32 calls: the
+/// next event of the chain is dead-lettered with the loop as its reason,
+/// and the queue empties.
+#[tokio::test]
+async fn emit_loop_dead_lettered_in_up() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let rabbit = rabbitmq();
+    let dir = tempfile::tempdir()?;
+    let consumers = [ChaosConsumer::new("loops", "order.placed", "emit")
+        .config("emit-type", "order.placed")
+        .concurrency(1)];
+    let manifest = fresh_chaos_manifest(dir.path(), &consumers).await?;
+    let process = Switchyard::start(dir.path(), &[manifest], BrokerMode::RabbitMq).await?;
+    process.publish("/orders", &order(1)).await?;
+
+    let loop_label = [("consumer", "loops"), ("reason", "emit_depth")];
+    let metrics = process
+        .wait_for_count(DEAD_LETTERED, &loop_label, 1, TIMEOUT)
+        .await?;
+    let ok = [("consumer", "loops"), ("outcome", "ok")];
+    assert_eq!(
+        metrics.count(HANDLED, &ok),
+        32,
+        "{}",
+        metrics.describe(HANDLED)
+    );
+    // Nothing more arrives once the chain ends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = process.metrics().await?;
+    assert_eq!(
+        metrics.count(HANDLED, &ok),
+        32,
+        "{}",
+        metrics.describe(HANDLED)
+    );
+    process.stop_cleanly().await?;
+
+    assert_eq!(rabbit.depth("loops").await?, 0, "loops queue");
+    let letters = rabbit.drain("dead-letters").await?;
+    assert_eq!(letters.len(), 1, "dead letters: {letters:#?}");
+    let reason = letters[0]
+        .header_text("x-switchyard-reason")
+        .unwrap_or_default();
+    assert!(reason.contains("emitted events loop"), "{reason}");
+    Ok(())
+}

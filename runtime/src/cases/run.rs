@@ -19,7 +19,9 @@ use serde_json::Value;
 use super::file::Outcome;
 use crate::broker::embedded::EmbeddedBroker;
 use crate::broker::{Broker, Deliveries, SubscribeOptions, TopicReader};
-use crate::dispatch::{self, Consumer, Destination, Disposition, Input, Publisher, Services};
+use crate::dispatch::{
+    self, Consumer, Destination, Disposition, Input, MAX_EMIT_DEPTH, Publisher, Services,
+};
 use crate::event::Event;
 use crate::handler::{HandlerHost, LoadedHandler};
 use crate::manifest::Manifest;
@@ -64,6 +66,9 @@ pub struct Call {
     pub reason: Option<String>,
     /// Events the handler emitted, in order; empty unless the outcome is ok.
     pub emitted: Vec<Event>,
+    /// Whether the event was dead-lettered because its chain of emitted
+    /// events grew too deep, which stops the case.
+    pub looped: bool,
 }
 
 /// The manifests, schemas and compiled handlers shared by every case.
@@ -207,7 +212,15 @@ impl Harness {
                     continue;
                 };
                 progressed = true;
+                let looped = call.looped;
                 observation.calls.push(call);
+                if looped {
+                    observation.unsettled = Some(format!(
+                        "stopped: emitted events loop, and the event {MAX_EMIT_DEPTH} handler \
+                         calls deep was dead-lettered"
+                    ));
+                    return Ok(());
+                }
                 if observation.calls.len() >= MAX_CALLS {
                     observation.unsettled = Some(format!(
                         "stopped after {MAX_CALLS} handler calls: emitted events keep causing \
@@ -307,6 +320,7 @@ async fn handle(
         outcome: Outcome::Ok,
         reason: None,
         emitted: Vec::new(),
+        looped: false,
     };
     match verdict.disposition {
         Disposition::Ack => {
@@ -334,6 +348,7 @@ async fn handle(
             } else {
                 Outcome::DeadLetter
             };
+            call.looped = label == "emit_depth";
             call.reason = Some(reason);
         }
     }

@@ -332,6 +332,15 @@ fn backoff(failures: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
+/// CloudEvents extension attribute that counts the handler calls between an
+/// event and the outside event that started its chain of emitted events.
+pub const EMIT_DEPTH: &str = "switchyarddepth";
+
+/// Deepest chain of emitted events that is handled. An event this many
+/// handler calls away from its outside event is dead-lettered instead, so a
+/// handler whose events come back to it cannot loop forever.
+pub const MAX_EMIT_DEPTH: u32 = 32;
+
 /// The settlement of a delivery after its handler call.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Disposition {
@@ -411,6 +420,22 @@ pub(crate) async fn evaluate(
         .get(TRACEPARENT)
         .and_then(|value| TraceParent::parse(value));
     record_event_fields(&event, trace);
+    let depth = event
+        .extensions
+        .get(EMIT_DEPTH)
+        .and_then(|value| value.parse::<u32>().ok())
+        .unwrap_or(0);
+    if depth >= MAX_EMIT_DEPTH {
+        return dead_letter(
+            format!(
+                "emitted events loop: this event is the end of a chain of {depth} handler \
+                 calls that each emitted the next event, and at most {MAX_EMIT_DEPTH} are \
+                 handled; a handler emits events that come back to it, so change what it \
+                 emits or where those events are routed"
+            ),
+            "emit_depth",
+        );
+    }
     match services.schemas.validate(&event.event_type, &event.data) {
         Ok(()) => {}
         Err(check @ SchemaCheck::UnknownType(_)) => {
@@ -480,6 +505,9 @@ pub(crate) async fn evaluate(
                     .extensions
                     .insert(TRACESTATE.into(), state.clone());
             }
+            follow_up
+                .extensions
+                .insert(EMIT_DEPTH.into(), (depth + 1).to_string());
             follow_up
         })
         .collect();
