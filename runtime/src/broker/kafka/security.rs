@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -48,11 +49,18 @@ pub(super) fn properties(
     properties
 }
 
+/// Shortest time between two log lines of the same kind of client error.
+/// During an outage librdkafka reports the same error many times a second.
+const REPEAT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A client context that logs the errors librdkafka reports and keeps the
 /// last one, to explain a failed connection attempt.
 pub(super) struct ErrorRecorder {
     broker: String,
     last: LastError,
+    /// When each kind of error was last logged, and how many reports of it
+    /// were left out since.
+    logged: Mutex<BTreeMap<String, (Instant, u64)>>,
 }
 
 /// The last error that an `ErrorRecorder` recorded, readable after the
@@ -81,14 +89,43 @@ impl ErrorRecorder {
         let recorder = ErrorRecorder {
             broker: broker.to_owned(),
             last: last.clone(),
+            logged: Mutex::default(),
         };
         (recorder, last)
+    }
+
+    /// Returns whether a report of `kind` is logged now, and how many
+    /// reports of it were left out before it.
+    fn should_log(&self, kind: String) -> Option<u64> {
+        let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match logged.get_mut(&kind) {
+            Some((at, left_out)) if now.duration_since(*at) < REPEAT_INTERVAL => {
+                *left_out += 1;
+                None
+            }
+            Some((at, left_out)) => {
+                let earlier = *left_out;
+                *at = now;
+                *left_out = 0;
+                Some(earlier)
+            }
+            None => {
+                logged.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
     }
 }
 
 impl ClientContext for ErrorRecorder {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(broker = %self.broker, %error, reason, "Kafka client error");
+        match self.should_log(error.to_string()) {
+            Some(0) => tracing::warn!(broker = %self.broker, %error, reason, "Kafka client error"),
+            Some(repeats) => tracing::warn!(broker = %self.broker, %error, reason, repeats,
+                "Kafka client error, repeated since the last report"),
+            None => {}
+        }
         // "All brokers are down" follows the error that explains why, so
         // keeping it would hide the cause.
         if error != KafkaError::Global(RDKafkaErrorCode::AllBrokersDown) {
@@ -137,4 +174,26 @@ pub(super) fn hint(broker: &str, error: &str) -> Option<String> {
         ));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first report of each kind is logged, and repeats within
+    /// `REPEAT_INTERVAL` are counted instead.
+    #[test]
+    fn repeated_errors_logged_once() {
+        let (recorder, _) = ErrorRecorder::new("stream");
+        assert_eq!(recorder.should_log("down".to_owned()), Some(0));
+        assert_eq!(recorder.should_log("down".to_owned()), None);
+        assert_eq!(recorder.should_log("down".to_owned()), None);
+        assert_eq!(recorder.should_log("refused".to_owned()), Some(0));
+
+        // Once the interval has passed, the next report is logged with the
+        // count of those left out.
+        recorder.logged.lock().unwrap().get_mut("down").unwrap().0 -= REPEAT_INTERVAL;
+        assert_eq!(recorder.should_log("down".to_owned()), Some(2));
+        assert_eq!(recorder.should_log("down".to_owned()), None);
+    }
 }
