@@ -105,7 +105,12 @@ fn report_warnings(manifest: &Manifest, warnings: &[manifest::Problem], format: 
 
 /// Runs the system until SIGINT or SIGTERM, then drains in-flight events.
 pub async fn up(options: UpOptions) -> anyhow::Result<()> {
-    let (manifest, schemas, warnings) = load_and_compile(&options.manifests, Purpose::Run)?;
+    let purpose = if options.embedded {
+        Purpose::Embedded
+    } else {
+        Purpose::Run
+    };
+    let (manifest, schemas, warnings) = load_and_compile(&options.manifests, purpose)?;
     report_warnings(&manifest, &warnings, options.log_format);
     let metrics = telemetry::init_metrics().context("cannot install the metrics recorder")?;
     let readiness = Readiness::default();

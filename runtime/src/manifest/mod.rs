@@ -35,6 +35,10 @@ pub enum Purpose {
     /// `switchyard up` and the commands that connect: a missing `${VAR}` is
     /// an error and a missing handler only holds back its consumer.
     Run,
+    /// `switchyard up --embedded`: as `Run`, except that the brokers'
+    /// connection settings go unused, so a missing `${VAR}` or an invalid
+    /// URL there is a warning.
+    Embedded,
 }
 
 /// A definition together with the index of the file that contains it.
@@ -283,7 +287,7 @@ pub fn load(
         manifest.name = "switchyard".to_owned();
     }
     expand_variables(&mut manifest, purpose, lookup, &mut problems);
-    check_amqp_urls(&manifest, lookup, &mut problems);
+    check_amqp_urls(&manifest, purpose, lookup, &mut problems);
     check::references(&manifest, purpose, &mut problems);
     security::check(&manifest, &mut problems);
     grants::check(&manifest, lookup, &mut problems);
@@ -548,55 +552,67 @@ fn expand_variables(
     // `secret` is true for a credential's token or key, whose hint leaves
     // out the default because a default would be accepted whenever the
     // variable is unset or empty.
-    let mut expand_one =
-        |raw: &str, file: usize, span: Option<std::ops::Range<usize>>, secret: bool| {
-            let at = |problem: Problem| match span.clone() {
-                Some(span) => problem.at(file, span),
-                None => problem.in_file(file),
-            };
-            match expand(raw, lookup) {
-                Ok((value, missing)) => {
-                    for variable in missing {
-                        let problem = match purpose {
-                            Purpose::Check => Problem::warning(
-                                "undefined-variable",
-                                format!("environment variable `{}` is not set", variable.name),
-                            ),
-                            Purpose::Run => Problem::error(
-                                "undefined-variable",
-                                format!("environment variable `{}` is not set", variable.name),
-                            ),
-                        };
-                        let hint = if secret {
-                            format!("set `{}` to the secret", variable.name)
-                        } else {
-                            format!(
-                                "set `{name}` or give a default: `${{{name}:-value}}`",
-                                name = variable.name
-                            )
-                        };
-                        problems.push(at(problem.hint(hint)));
-                    }
-                    Some(value)
-                }
-                Err(message) => {
-                    problems.push(at(Problem::error("invalid-interpolation", message)));
-                    None
-                }
-            }
+    // `connection` is true for the settings of a broker connection, which
+    // the embedded broker does not use.
+    let mut expand_one = |raw: &str,
+                          file: usize,
+                          span: Option<std::ops::Range<usize>>,
+                          secret: bool,
+                          connection: bool| {
+        let at = |problem: Problem| match span.clone() {
+            Some(span) => problem.at(file, span),
+            None => problem.in_file(file),
         };
+        match expand(raw, lookup) {
+            Ok((value, missing)) => {
+                for variable in missing {
+                    let message = format!("environment variable `{}` is not set", variable.name);
+                    let problem = match purpose {
+                        Purpose::Check => Problem::warning("undefined-variable", message),
+                        Purpose::Embedded if connection => Problem::warning(
+                            "undefined-variable",
+                            format!("{message}; the embedded broker does not use the setting"),
+                        ),
+                        Purpose::Run | Purpose::Embedded => {
+                            Problem::error("undefined-variable", message)
+                        }
+                    };
+                    let hint = if secret {
+                        format!("set `{}` to the secret", variable.name)
+                    } else {
+                        format!(
+                            "set `{name}` or give a default: `${{{name}:-value}}`",
+                            name = variable.name
+                        )
+                    };
+                    problems.push(at(problem.hint(hint)));
+                }
+                Some(value)
+            }
+            Err(message) => {
+                problems.push(at(Problem::error("invalid-interpolation", message)));
+                None
+            }
+        }
+    };
 
     for (name, entry) in &manifest.brokers {
         let address = entry.def.url.as_ref().or(entry.def.bootstrap.as_ref());
         if let Some(address) = address
-            && let Some(value) =
-                expand_one(address.get_ref(), entry.file, Some(address.span()), false)
+            && let Some(value) = expand_one(
+                address.get_ref(),
+                entry.file,
+                Some(address.span()),
+                false,
+                true,
+            )
         {
             manifest.broker_urls.insert(name.clone(), value);
         }
         let mut options = BTreeMap::new();
         for (key, value) in &entry.def.options {
-            if let Some(value) = expand_one(value.get_ref(), entry.file, Some(value.span()), false)
+            if let Some(value) =
+                expand_one(value.get_ref(), entry.file, Some(value.span()), false, true)
             {
                 options.insert(key.clone(), value);
             }
@@ -604,7 +620,7 @@ fn expand_variables(
         manifest.broker_options.insert(name.clone(), options);
 
         let mut expand_field = |value: &Spanned<String>| {
-            expand_one(value.get_ref(), entry.file, Some(value.span()), false)
+            expand_one(value.get_ref(), entry.file, Some(value.span()), false, true)
         };
         if let Some(tls) = &entry.def.tls {
             let folder = manifest.files[entry.file].folder();
@@ -635,7 +651,7 @@ fn expand_variables(
     if let (Some(listen), Some((file, span))) =
         (manifest.listen.clone(), manifest.listen_at.clone())
     {
-        manifest.listen = expand_one(&listen, file, Some(span.clone()), false);
+        manifest.listen = expand_one(&listen, file, Some(span.clone()), false, false);
         if let Some(problem) =
             address_problem(manifest.listen.as_deref(), "listen", "127.0.0.1:3000")
         {
@@ -646,7 +662,7 @@ fn expand_variables(
         manifest.admin_listen.clone(),
         manifest.admin_listen_at.clone(),
     ) {
-        manifest.admin_listen = expand_one(&listen, file, Some(span.clone()), false);
+        manifest.admin_listen = expand_one(&listen, file, Some(span.clone()), false, false);
         if let Some(problem) = address_problem(
             manifest.admin_listen.as_deref(),
             "admin_listen",
@@ -660,7 +676,9 @@ fn expand_variables(
         let Some(value) = entry.def.secret() else {
             continue;
         };
-        if let Some(secret) = expand_one(value.get_ref(), entry.file, Some(value.span()), true) {
+        if let Some(secret) =
+            expand_one(value.get_ref(), entry.file, Some(value.span()), true, false)
+        {
             secrets.push((name.clone(), entry.file, value, secret));
         }
     }
@@ -711,6 +729,7 @@ fn address_problem(address: Option<&str>, setting: &str, example: &str) -> Optio
 /// that can never work. A message that shows the URL redacts its password.
 fn check_amqp_urls(
     manifest: &Manifest,
+    purpose: Purpose,
     lookup: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
 ) {
@@ -735,14 +754,17 @@ fn check_amqp_urls(
                 Err(error) => error.to_string(),
             }
         };
-        problems.push(
-            Problem::error("invalid-url", message)
-                .at(entry.file, written.span())
-                .hint(
-                    "write an AMQP URL such as `amqp://user:password@host:5672/%2f`, or set the \
+        let problem = match purpose {
+            Purpose::Embedded => Problem::warning(
+                "invalid-url",
+                format!("{message}; the embedded broker does not use it"),
+            ),
+            Purpose::Check | Purpose::Run => Problem::error("invalid-url", message),
+        };
+        problems.push(problem.at(entry.file, written.span()).hint(
+            "write an AMQP URL such as `amqp://user:password@host:5672/%2f`, or set the \
                      variable that the URL names to one",
-                ),
-        );
+        ));
     }
 }
 

@@ -133,6 +133,26 @@ fn missing_variable_is_warning_in_check() {
     assert!(!loaded.has_errors());
 }
 
+/// `up --embedded` does not use the broker's URL, so a missing variable or
+/// an invalid URL there is a warning, while a producer token it does use
+/// still has to be set.
+#[test]
+fn embedded_ignores_broker_settings() {
+    let text = BASE.replace("amqp://localhost", "${RABBIT_URL}");
+    let loaded = load_texts(&[&text], Purpose::Embedded);
+    assert_eq!(codes(&loaded), ["undefined-variable"]);
+    assert!(!loaded.has_errors(), "{}", loaded.render());
+
+    let text = BASE.replace("amqp://localhost", "not a URL");
+    let loaded = load_texts(&[&text], Purpose::Embedded);
+    assert_eq!(codes(&loaded), ["invalid-url"]);
+    assert!(!loaded.has_errors(), "{}", loaded.render());
+
+    let text = format!("{BASE}\n[credentials.app]\nbearer = \"${{APP_TOKEN}}\"\n");
+    let loaded = load_texts(&[&text], Purpose::Embedded);
+    assert!(loaded.has_errors(), "{}", loaded.render());
+}
+
 #[test]
 fn names_are_global_across_files() {
     let second = "[queues.work]\nbroker = \"rabbit\"\n";
