@@ -168,19 +168,7 @@ async fn read(
         }
 
         consumer.metrics.in_flight.increment(1.0);
-        let span = tracing::info_span!(
-            "event",
-            consumer = %consumer.name,
-            topic = %record.topic,
-            partition = record.partition,
-            offset = record.offset,
-            event_id = tracing::field::Empty,
-            event_type = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-        );
-        let settled = handle(consumer, input, &record, handler, services, shutdown)
-            .instrument(span)
-            .await;
+        let settled = handle(consumer, input, &record, handler, services, shutdown).await;
         consumer.metrics.in_flight.decrement(1.0);
         if !settled {
             return ReadEnd::Shutdown;
@@ -196,6 +184,9 @@ async fn read(
 
 /// Handles one record until it succeeded or was dead-lettered, retrying in
 /// place. Returns false when shutdown interrupted it before either.
+///
+/// Each attempt runs in a span of its own, so the event's fields, recorded
+/// once the record is decoded, appear once on each log line.
 async fn handle(
     consumer: &Consumer,
     input: &TopicInput,
@@ -206,63 +197,100 @@ async fn handle(
 ) -> bool {
     let mut previous = 0u32;
     loop {
-        // A reload between attempts takes effect for the next attempt.
-        let Some(loaded) = handler.borrow().clone() else {
-            return false;
-        };
-        let decided = decide(consumer, services, &loaded, &record.message, previous).await;
-        // Released before the backoff, so that after a reload the old
-        // version's instances do not wait for this record's next attempt.
-        drop(loaded);
-        let disposition = match decided {
-            Ok(disposition) => disposition,
-            Err(err) => {
-                tracing::warn!(error = %err,
-                    "publishing emitted events failed; the record will be retried");
-                super::Disposition::Retry {
-                    attempt: previous + 1,
-                }
-            }
-        };
-        match disposition {
-            Disposition::Ack => {
-                consumer.metrics.handled_ok.increment(1);
-                return true;
-            }
-            Disposition::Retry { attempt } if attempt >= consumer.retry.max_attempts => {
-                let reason = format!("failed {attempt} attempts; last failure was a retry");
-                return dead_letter(
-                    consumer,
-                    input,
-                    record,
-                    reason,
-                    "max_attempts",
-                    attempt,
-                    shutdown,
-                )
-                .await;
-            }
-            Disposition::Retry { attempt } => {
-                metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => consumer.name.to_string(), "outcome" => "retry")
-                    .increment(1);
-                let delay = consumer.retry.delay(attempt);
-                tracing::info!(attempt, retry_in = ?delay, "retrying record; its partition waits");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                previous = attempt;
-            }
-            Disposition::DeadLetter {
-                reason,
-                label,
-                attempt,
-            } => {
-                return dead_letter(consumer, input, record, reason, label, attempt, shutdown)
-                    .await;
-            }
+        let span = tracing::info_span!(
+            "event",
+            consumer = %consumer.name,
+            topic = %record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            event_id = tracing::field::Empty,
+            event_type = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let step = attempt(
+            consumer, input, record, handler, services, shutdown, previous,
+        )
+        .instrument(span)
+        .await;
+        match step {
+            Step::Settled(settled) => return settled,
+            Step::Retried(attempt) => previous = attempt,
         }
     }
+}
+
+/// What one attempt at a record led to.
+enum Step {
+    /// Handled or dead-lettered (true), or interrupted by shutdown (false).
+    Settled(bool),
+    /// Failed and waited out its backoff; the number of calls so far.
+    Retried(u32),
+}
+
+/// Runs one attempt at a record: the handler call, then the backoff of a
+/// retry or the dead letter. `previous` counts the calls before it.
+async fn attempt(
+    consumer: &Consumer,
+    input: &TopicInput,
+    record: &Record,
+    handler: &watch::Receiver<Option<LoadedHandler>>,
+    services: &Services,
+    shutdown: &CancellationToken,
+    previous: u32,
+) -> Step {
+    // A reload between attempts takes effect for the next attempt.
+    let Some(loaded) = handler.borrow().clone() else {
+        return Step::Settled(false);
+    };
+    let decided = decide(consumer, services, &loaded, &record.message, previous).await;
+    // Released before the backoff, so that after a reload the old version's
+    // instances do not wait for this record's next attempt.
+    drop(loaded);
+    let disposition = match decided {
+        Ok(disposition) => disposition,
+        Err(err) => {
+            tracing::warn!(error = %err,
+                "publishing emitted events failed; the record will be retried");
+            super::Disposition::Retry {
+                attempt: previous + 1,
+            }
+        }
+    };
+    let settled = match disposition {
+        Disposition::Ack => {
+            consumer.metrics.handled_ok.increment(1);
+            true
+        }
+        Disposition::Retry { attempt } if attempt >= consumer.retry.max_attempts => {
+            let reason = format!("failed {attempt} attempts; last failure was a retry");
+            dead_letter(
+                consumer,
+                input,
+                record,
+                reason,
+                "max_attempts",
+                attempt,
+                shutdown,
+            )
+            .await
+        }
+        Disposition::Retry { attempt } => {
+            metrics::counter!(telemetry::EVENTS_HANDLED, "consumer" => consumer.name.to_string(), "outcome" => "retry")
+                .increment(1);
+            let delay = consumer.retry.delay(attempt);
+            tracing::info!(attempt, retry_in = ?delay, "retrying record; its partition waits");
+            return tokio::select! {
+                _ = shutdown.cancelled() => Step::Settled(false),
+                _ = tokio::time::sleep(delay) => Step::Retried(attempt),
+            };
+        }
+        Disposition::DeadLetter {
+            reason,
+            label,
+            attempt,
+        } => dead_letter(consumer, input, record, reason, label, attempt, shutdown).await,
+    };
+    Step::Settled(settled)
 }
 
 /// Writes a record to the dead-letter topic with the reason in headers,
