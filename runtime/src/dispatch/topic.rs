@@ -219,7 +219,7 @@ async fn handle(
     }
 }
 
-/// What one attempt at a record led to.
+/// The result of one attempt at a record.
 enum Step {
     /// Handled or dead-lettered (true), or interrupted by shutdown (false).
     Settled(bool),
