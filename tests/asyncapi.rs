@@ -114,6 +114,17 @@ fn document_describes_the_topology() {
 
     let operations = &document["operations"];
     assert_eq!(operations["order-service.events"]["action"], "send");
+    // Every order is written to the Kafka topic too.
+    let to_topic = &operations["order-service.analytics"];
+    assert_eq!(to_topic["action"], "send");
+    assert_eq!(to_topic["channel"]["$ref"], "#/channels/topic.analytics");
+    assert!(
+        to_topic["summary"]
+            .as_str()
+            .is_some_and(|summary| summary.contains("keyed by `data.customerId`")),
+        "{to_topic:?}"
+    );
+    assert_eq!(document["servers"]["rabbit"]["pathname"], "/%2f");
     assert_eq!(operations["inventory-service"]["action"], "receive");
     assert_eq!(operations["analytics-stream"]["action"], "receive");
 

@@ -57,14 +57,20 @@ fn servers(manifest: &Manifest) -> Value {
     let mut servers = Map::new();
     for (name, entry) in &manifest.brokers {
         let url = manifest.broker_urls.get(name).cloned().unwrap_or_default();
-        let (protocol, host) = match entry.def.kind {
-            BrokerKind::Amqp => ("amqp", amqp_host(&url)),
-            BrokerKind::Kafka => (
-                "kafka",
-                url.split(',').next().unwrap_or_default().to_owned(),
-            ),
+        let server = match entry.def.kind {
+            BrokerKind::Amqp => {
+                let mut server = json!({ "host": amqp_host(&url), "protocol": "amqp" });
+                if let Some(vhost) = amqp_pathname(&url) {
+                    server["pathname"] = Value::String(vhost);
+                }
+                server
+            }
+            BrokerKind::Kafka => json!({
+                "host": url.split(',').next().unwrap_or_default(),
+                "protocol": "kafka",
+            }),
         };
-        servers.insert(name.clone(), json!({ "host": host, "protocol": protocol }));
+        servers.insert(name.clone(), server);
     }
     Value::Object(servers)
 }
@@ -77,6 +83,15 @@ fn amqp_host(url: &str) -> String {
         .rsplit_once('@')
         .map_or(authority, |(_, host)| host);
     host.to_owned()
+}
+
+/// Returns the path of an AMQP URL, which names the virtual host, such as
+/// `/%2f` for `/`, or `None` when the URL has none.
+fn amqp_pathname(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.find('/').map(|start| &rest[start..])?;
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    (path.len() > 1).then(|| path.to_owned())
 }
 
 /// Returns the `$ref` of a component message or a channel.
@@ -214,6 +229,33 @@ fn operations(manifest: &Manifest) -> Value {
                 json!({
                     "action": "send",
                     "summary": format!("`{}` publishes `{event_type}`", entry.def.http.get_ref()),
+                    "channel": reference("channels", &channel),
+                    "messages": [reference(&format!("channels/{}/messages", escape_pointer(&channel)), event_type)],
+                }),
+            );
+        }
+    }
+    for (name, entry) in &manifest.producers {
+        let event_type = entry.def.event.get_ref();
+        for (topic, topic_entry) in &manifest.topics {
+            let Some(listed) = topic_entry
+                .def
+                .events
+                .iter()
+                .find(|listed| listed.event.get_ref() == event_type)
+            else {
+                continue;
+            };
+            let channel = format!("topic.{topic}");
+            let key = match &listed.key {
+                Some(key) => format!(", keyed by `{}`", key.get_ref()),
+                None => String::new(),
+            };
+            operations.insert(
+                format!("{name}.{topic}"),
+                json!({
+                    "action": "send",
+                    "summary": format!("`{}` writes `{event_type}`{key}", entry.def.http.get_ref()),
                     "channel": reference("channels", &channel),
                     "messages": [reference(&format!("channels/{}/messages", escape_pointer(&channel)), event_type)],
                 }),
@@ -389,6 +431,20 @@ mod tests {
         let (format, kept) = payload_schema(schema.clone());
         assert_eq!(format, "application/schema+json;version=draft-2020-12");
         assert_eq!(kept, schema);
+    }
+
+    #[test]
+    fn amqp_pathname_is_the_vhost() {
+        assert_eq!(
+            amqp_pathname("amqp://u:p@rabbit:5672/%2f").as_deref(),
+            Some("/%2f")
+        );
+        assert_eq!(
+            amqp_pathname("amqp://rabbit/shop?heartbeat=10").as_deref(),
+            Some("/shop")
+        );
+        assert_eq!(amqp_pathname("amqp://rabbit:5672"), None);
+        assert_eq!(amqp_pathname("amqp://rabbit:5672/"), None);
     }
 
     #[test]
