@@ -686,13 +686,6 @@ async fn connect(name: &str, target: &Target, readiness: &Readiness) -> Arc<dyn 
 /// How often `watch_connection` reads a broker's connection state.
 const CONNECTION_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Follows a connected broker's connection state until shutdown: the
-/// `broker:<name>` readiness check, the connected gauge, and a count of the
-/// losses the broker recovered from. The brokers reconnect by themselves, so
-/// this only observes.
-///
-/// NOTE: the state is sampled every `CONNECTION_CHECK_INTERVAL`, so a loss
-/// and recovery within one interval is not counted.
 /// How often the ready messages of each queue are read for
 /// `switchyard_queue_depth`.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -733,6 +726,13 @@ async fn sample_queue_depths(
     }
 }
 
+/// Follows a connected broker's connection state until shutdown: the
+/// `broker:<name>` readiness check, the connected gauge, and a count of the
+/// losses the broker recovered from. The brokers reconnect by themselves, so
+/// this only observes.
+///
+/// NOTE: the state is sampled every `CONNECTION_CHECK_INTERVAL`, so a loss
+/// and recovery within one interval is not counted.
 async fn watch_connection(
     name: String,
     broker: Arc<dyn Broker>,
