@@ -205,6 +205,14 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         PREFETCH_UTILIZATION,
         "Unsettled deliveries of a queue consumer divided by its prefetch."
     );
+    metrics::describe_gauge!(
+        QUEUE_DEPTH,
+        "Ready messages in a queue, read from the broker every 5 s."
+    );
+    metrics::describe_gauge!(
+        CONSUMER_LAG,
+        "Records of a Kafka partition after the group's committed offset."
+    );
     Ok(handle)
 }
 
