@@ -387,8 +387,8 @@ fn against_outside_checkout_rejected() {
     assert!(message.contains("manifest.toml"), "{message}");
 }
 
-/// A folder that holds none of the manifests is no older checkout: an
-/// error, not a pass with nothing compared.
+/// A folder that contains none of the manifests is no older checkout, so it
+/// is an error rather than a pass with nothing compared.
 #[test]
 fn against_folder_without_manifests_rejected() {
     let (_, new) = breaking_checkouts();

@@ -237,15 +237,7 @@ fn operations(manifest: &Manifest) -> Value {
     }
     for (name, entry) in &manifest.producers {
         let event_type = entry.def.event.get_ref();
-        for (topic, topic_entry) in &manifest.topics {
-            let Some(listed) = topic_entry
-                .def
-                .events
-                .iter()
-                .find(|listed| listed.event.get_ref() == event_type)
-            else {
-                continue;
-            };
+        for (topic, _, listed) in manifest.topics_of(event_type) {
             let channel = format!("topic.{topic}");
             let key = match &listed.key {
                 Some(key) => format!(", keyed by `{}`", key.get_ref()),

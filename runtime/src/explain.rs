@@ -32,15 +32,7 @@ pub fn explain(manifest: &Manifest, event_type: &str, key: Option<&str>) -> Resu
         let routing_key = key.or(target.routing_key.as_deref()).unwrap_or(event_type);
         consumers_reached += explain_exchange(manifest, exchange, routing_key, &mut out);
     }
-    for (topic, topic_entry) in &manifest.topics {
-        let Some(listed) = topic_entry
-            .def
-            .events
-            .iter()
-            .find(|listed| listed.event.get_ref() == event_type)
-        else {
-            continue;
-        };
+    for (topic, topic_entry, listed) in manifest.topics_of(event_type) {
         let key = match &listed.key {
             Some(key) => format!("key `{}`", key.get_ref()),
             None => "no key".to_owned(),

@@ -38,8 +38,8 @@ pub struct UpOptions {
     /// Address of the server for the probes and `/metrics`; `None` serves
     /// them on `listen` unless the manifest sets `runtime.admin_listen`.
     pub admin_listen: Option<String>,
-    /// How the manifests' warnings are written: rendered with their source
-    /// lines for text logs, as one log record each for JSON logs.
+    /// Format of the logs. Text logs render the manifests' warnings with
+    /// their source lines, and JSON logs write one record per warning.
     pub log_format: LogFormat,
 }
 

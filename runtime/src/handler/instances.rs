@@ -131,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn instances_idle_longer_than_the_limit_are_dropped_at_the_next_give_back() {
+    fn idle_instances_dropped_at_give_back() {
         let instances = WarmInstances::default();
         let start = Instant::now();
         let orders = consumer("orders");
@@ -154,7 +154,7 @@ mod tests {
     }
 
     #[test]
-    fn an_instance_idle_for_exactly_the_limit_stays() {
+    fn instance_idle_exactly_limit_stays() {
         let instances = WarmInstances::default();
         let start = Instant::now();
         let orders = consumer("orders");

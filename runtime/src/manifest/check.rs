@@ -687,7 +687,7 @@ fn producers(manifest: &Manifest, problems: &mut Vec<Problem>) {
 }
 
 /// Warns about a queue that consumers with different handlers read. They
-/// compete for its messages, so each handler sees only some of the events.
+/// compete for its messages, so each handler gets only some of the events.
 fn shared_queues(manifest: &Manifest, problems: &mut Vec<Problem>) {
     let mut first_reader: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
     for (name, entry) in &manifest.consumers {

@@ -134,6 +134,22 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Manifest {
+    /// Returns each topic that lists `event_type`, by name, with its entry
+    /// for the event.
+    pub fn topics_of<'a>(
+        &'a self,
+        event_type: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Entry<TopicDef>, &'a TopicEventDef)> + 'a {
+        self.topics.iter().filter_map(move |(name, topic)| {
+            let listed = topic
+                .def
+                .events
+                .iter()
+                .find(|listed| listed.event.get_ref() == event_type)?;
+            Some((name, topic, listed))
+        })
+    }
+
     /// Returns the path of an event's schema file.
     pub fn schema_path(&self, event: &str) -> Option<PathBuf> {
         let entry = self.events.get(event)?;
@@ -644,9 +660,9 @@ fn expand_variables(
             }
         }
     }
-    // Pushed once `expand_one`, which holds `problems`, is done. Only
-    // `check` reports them: `up --listen` and `--admin-listen` replace the
-    // manifest's addresses, and `up` reports an invalid address it uses.
+    // Pushed after `expand_one`, which borrows `problems`, is done. Only
+    // `check` reports them, because `up --listen` and `--admin-listen`
+    // replace the manifest's addresses and `up` reports an address it uses.
     let mut invalid_addresses = Vec::new();
     if let (Some(listen), Some((file, span))) =
         (manifest.listen.clone(), manifest.listen_at.clone())

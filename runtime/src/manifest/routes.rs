@@ -135,13 +135,7 @@ fn suggest_pattern(key: &str) -> String {
 /// event is an error.
 fn unpublished_events(manifest: &Manifest, problems: &mut Vec<Problem>) {
     for (event_type, entry) in &manifest.events {
-        let on_topic = manifest.topics.values().any(|topic| {
-            topic
-                .def
-                .events
-                .iter()
-                .any(|target| target.event.get_ref() == event_type)
-        });
+        let on_topic = manifest.topics_of(event_type).next().is_some();
         if entry.def.publish.as_slice().is_empty() && !on_topic {
             // Every request to an HTTP producer of such an event would fail,
             // so that case is an error rather than a warning.

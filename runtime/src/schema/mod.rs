@@ -126,44 +126,39 @@ fn undeclared_key_fields(
     path: &Path,
     problems: &mut Vec<Problem>,
 ) {
-    for (topic_name, topic) in &manifest.topics {
-        for target in &topic.def.events {
-            let Some(key) = &target.key else {
-                continue;
-            };
-            if target.event.get_ref() != event_type {
-                continue;
-            }
-            let Ok(PartitionKey::Data(fields)) = parse_partition_key(key.get_ref()) else {
-                continue;
-            };
-            let Some(schema) = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            else {
-                return;
-            };
-            let Some((missing, declared)) = undeclared_field(&schema, &fields) else {
-                continue;
-            };
-            let hint = match closest(missing, &declared) {
-                Some(candidate) => format!("did you mean `{candidate}`?"),
-                None => "declare the field in the event's schema, or correct the key".to_owned(),
-            };
-            problems.push(
-                Problem::warning(
-                    "undeclared-key-field",
-                    format!(
-                        "partition key `{}` of event `{event_type}` on topic `{topic_name}` \
-                         names `{missing}`, which the event's schema does not declare, so \
-                         records without it get no key and lose their order",
-                        key.get_ref()
-                    ),
-                )
-                .at(topic.file, key.span())
-                .hint(hint),
-            );
-        }
+    for (topic_name, topic, listed) in manifest.topics_of(event_type) {
+        let Some(key) = &listed.key else {
+            continue;
+        };
+        let Ok(PartitionKey::Data(fields)) = parse_partition_key(key.get_ref()) else {
+            continue;
+        };
+        let Some(schema) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        else {
+            return;
+        };
+        let Some((missing, declared)) = undeclared_field(&schema, &fields) else {
+            continue;
+        };
+        let hint = match closest(missing, &declared) {
+            Some(candidate) => format!("did you mean `{candidate}`?"),
+            None => "declare the field in the event's schema, or correct the key".to_owned(),
+        };
+        problems.push(
+            Problem::warning(
+                "undeclared-key-field",
+                format!(
+                    "partition key `{}` of event `{event_type}` on topic `{topic_name}` names \
+                     `{missing}`, which the event's schema does not declare, so records \
+                     without it get no key and lose their order",
+                    key.get_ref()
+                ),
+            )
+            .at(topic.file, key.span())
+            .hint(hint),
+        );
     }
 }
 
